@@ -1,0 +1,257 @@
+//! The job schema and the HTTP error shape shared by the producer, the worker
+//! and host-bridge.
+//!
+//! This crate owns what crosses a process boundary: the JSON of a job, of a
+//! worker's result and of an error answer, plus the checks every HTTP edge
+//! applies to a request body (size, content type, UTF-8, JSON). It does no
+//! I/O, so it builds for `wasm32-wasip2` and natively alike.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The largest request body any edge accepts: `/generate`, the bridge's
+/// publish API and the worker. A job is a small envelope, not a data transfer.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest job id accepted. Ids become AMQP `message-id`s (a short
+/// string, at most 255 bytes) and log fields.
+pub const MAX_ID_LEN: usize = 128;
+
+/// One unit of work, as published to the queue and pushed to the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique id, also the idempotency key for at-least-once delivery.
+    pub id: String,
+    /// When the producer created the job, RFC 3339 in UTC.
+    pub created_at: String,
+    /// Optional caller data, carried untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+impl Job {
+    /// Checks the invariants a deserialized job must hold.
+    pub fn validate(&self) -> Result<(), BodyError> {
+        if self.id.is_empty() || self.id.len() > MAX_ID_LEN {
+            return Err(BodyError::Invalid(format!(
+                "`id` must be 1 to {MAX_ID_LEN} bytes long"
+            )));
+        }
+        if self.id.chars().any(char::is_control) {
+            return Err(BodyError::Invalid(
+                "`id` must not contain control characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a job from a request body.
+    pub fn from_body(body: &[u8]) -> Result<Self, BodyError> {
+        let job: Job = parse_json(body)?;
+        job.validate()?;
+        Ok(job)
+    }
+}
+
+/// The body a caller may `POST` to `/generate`. Every field is optional, and
+/// an empty body means "no payload".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    /// Caller data to carry in the job.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// What the worker answers for a job it finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkResult {
+    /// The job's id.
+    pub id: String,
+    /// How long the simulated work took, in milliseconds.
+    pub worked_ms: u64,
+}
+
+/// Why a request body was refused. Each variant maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BodyError {
+    /// The body is over [`MAX_BODY_BYTES`].
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit that was passed.
+        limit: usize,
+    },
+    /// A body was sent with a content type other than JSON.
+    #[error("content-type must be application/json, got {0:?}")]
+    UnsupportedMediaType(String),
+    /// The body is not UTF-8 (JSON must be).
+    #[error("request body is not valid UTF-8 (first bad byte at offset {0})")]
+    NotUtf8(usize),
+    /// The body is UTF-8 but not JSON of the expected shape.
+    #[error("request body is not valid JSON: {0}")]
+    Json(String),
+    /// The JSON parsed but breaks an invariant.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+}
+
+impl BodyError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::TooLarge { .. } => 413,
+            BodyError::UnsupportedMediaType(_) => 415,
+            BodyError::NotUtf8(_) | BodyError::Json(_) | BodyError::Invalid(_) => 400,
+        }
+    }
+
+    /// A stable machine-readable code, used in error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "payload_too_large",
+            BodyError::UnsupportedMediaType(_) => "unsupported_media_type",
+            BodyError::NotUtf8(_) => "invalid_utf8",
+            BodyError::Json(_) => "invalid_json",
+            BodyError::Invalid(_) => "invalid_job",
+        }
+    }
+
+    /// The JSON error answer for this error.
+    pub fn to_error_body(&self) -> ErrorBody {
+        ErrorBody::new(self.code(), self.to_string())
+    }
+}
+
+/// The JSON body of every error answer: `{"error": code, "message": text}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `invalid_json`.
+    pub error: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Serializes the body. Serializing two strings cannot fail.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// Checks a request's `Content-Type`. A missing header is accepted (curl and
+/// many clients omit it); anything present must be JSON: `application/json`,
+/// with or without parameters, or an `application/*+json` type.
+pub fn check_content_type(content_type: Option<&str>) -> Result<(), BodyError> {
+    let Some(value) = content_type else {
+        return Ok(());
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(BodyError::UnsupportedMediaType(value.to_owned()))
+    }
+}
+
+/// Checks the size limit on a body that has been read in full.
+pub fn check_size(len: usize) -> Result<(), BodyError> {
+    if len > MAX_BODY_BYTES {
+        Err(BodyError::TooLarge {
+            limit: MAX_BODY_BYTES,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses a JSON body, telling bad UTF-8 apart from bad JSON so that the
+/// caller learns which one to fix.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| BodyError::NotUtf8(e.valid_up_to()))?;
+    serde_json::from_str(text).map_err(|e| BodyError::Json(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_round_trips_and_omits_missing_payload() {
+        let job = Job {
+            id: "a".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            payload: None,
+        };
+        let json = serde_json::to_string(&job).unwrap();
+        assert!(!json.contains("payload"), "{json}");
+        assert_eq!(Job::from_body(json.as_bytes()).unwrap(), job);
+    }
+
+    #[test]
+    fn job_ids_are_checked() {
+        let long = format!(r#"{{"id":"{}","created_at":"x"}}"#, "a".repeat(MAX_ID_LEN + 1));
+        assert_eq!(Job::from_body(long.as_bytes()).unwrap_err().status(), 400);
+        let empty = br#"{"id":"","created_at":"x"}"#;
+        assert_eq!(
+            Job::from_body(empty).unwrap_err().code(),
+            "invalid_job"
+        );
+        let control = br#"{"id":"a\nb","created_at":"x"}"#;
+        assert!(Job::from_body(control).is_err());
+    }
+
+    #[test]
+    fn bad_utf8_is_told_apart_from_bad_json() {
+        let err = parse_json::<Job>(b"{\"id\": \"\xff\"}").unwrap_err();
+        assert_eq!(err, BodyError::NotUtf8(8));
+        assert_eq!(err.code(), "invalid_utf8");
+        let err = parse_json::<Job>(b"{\"id\": ").unwrap_err();
+        assert_eq!(err.code(), "invalid_json");
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn generate_request_rejects_unknown_fields() {
+        assert!(parse_json::<GenerateRequest>(br#"{"payload": {"a": 1}}"#).is_ok());
+        assert!(parse_json::<GenerateRequest>(br#"{"paylod": 1}"#).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(check_content_type(None).is_ok());
+        assert!(check_content_type(Some("application/json")).is_ok());
+        assert!(check_content_type(Some("Application/JSON; charset=utf-8")).is_ok());
+        assert!(check_content_type(Some("application/vnd.job+json")).is_ok());
+        let err = check_content_type(Some("text/plain")).unwrap_err();
+        assert_eq!((err.status(), err.code()), (415, "unsupported_media_type"));
+    }
+
+    #[test]
+    fn size_limit_is_inclusive() {
+        assert!(check_size(MAX_BODY_BYTES).is_ok());
+        assert_eq!(check_size(MAX_BODY_BYTES + 1).unwrap_err().status(), 413);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = BodyError::TooLarge { limit: 1 }.to_error_body().to_json();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "payload_too_large");
+        assert!(v["message"].as_str().unwrap().contains("1 bytes"));
+    }
+}

@@ -1,0 +1,438 @@
+//! The AMQP connection's lifecycle: connect, declare the topology, watch for
+//! loss, and reconnect with capped exponential backoff and jitter.
+//!
+//! This module owns the connection and the publisher-confirm channel, and
+//! hands them out as a [`Session`] through a watch channel: `None` while
+//! disconnected. It does not publish or consume; `publish` and `consume` do,
+//! on whatever session is current.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Role};
+use crate::metrics::Metrics;
+
+/// Why talking to the broker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The TCP or AMQP handshake failed.
+    #[error("failed to connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    /// Declaring the exchange and queues failed, e.g. the queue exists with
+    /// other arguments (PRECONDITION_FAILED).
+    #[error("failed to declare the topology: {0}")]
+    Topology(#[source] lapin::Error),
+    /// Opening a channel failed.
+    #[error("failed to open a channel: {0}")]
+    Channel(#[source] lapin::Error),
+}
+
+/// An open connection and the channels the bridge shares on it.
+#[derive(Debug)]
+pub struct Session {
+    /// The connection.
+    pub connection: Connection,
+    /// The confirm-mode channel the publish API uses, when that role is on.
+    pub publisher: Option<Channel>,
+}
+
+impl Session {
+    /// Whether the connection (and the publisher channel, if any) is usable.
+    pub fn usable(&self) -> bool {
+        self.connection.status().connected()
+            && self
+                .publisher
+                .as_ref()
+                .is_none_or(|channel| channel.status().connected())
+    }
+}
+
+/// The current session: `None` while disconnected.
+pub type SessionWatch = watch::Receiver<Option<Arc<Session>>>;
+
+/// The names and arguments of the queues the bridge declares.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The work queue.
+    pub queue: String,
+    /// The dead-letter exchange.
+    pub dead_letter_exchange: String,
+    /// The dead-letter queue.
+    pub dead_letter_queue: String,
+    /// `x-delivery-limit`.
+    pub delivery_limit: u32,
+    /// `x-max-length`, if any.
+    pub max_length: Option<u32>,
+}
+
+impl Topology {
+    /// The topology a config describes.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            queue: config.queue.clone(),
+            dead_letter_exchange: config.dead_letter_exchange(),
+            dead_letter_queue: config.dead_letter_queue(),
+            delivery_limit: config.delivery_limit,
+            max_length: config.max_length,
+        }
+    }
+
+    /// The work queue's arguments. Declaring twice with the same arguments is
+    /// a no-op, so every bridge declares at every (re)connect.
+    pub fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Quorum queues replicate, survive broker restarts, and count
+        // deliveries, which is what bounds retries of a failing job.
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(self.delivery_limit.into()),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead_letter_exchange),
+        );
+        // reject-publish turns a full queue into a publisher nack (503 to the
+        // caller) instead of silently dropping the oldest message, and it is
+        // what at-least-once dead-lettering requires.
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+        args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        if let Some(max) = self.max_length {
+            args.insert("x-max-length".into(), AMQPValue::LongLongInt(max.into()));
+        }
+        args
+    }
+
+    /// Declares the dead-letter exchange and queue, then the work queue.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        channel
+            .queue_declare(
+                self.dead_letter_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                dead_args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter_queue.as_str().into(),
+                self.dead_letter_exchange.as_str().into(),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                self.queue_arguments(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// Capped exponential backoff with jitter: attempt n waits a random time
+/// between half and all of `min(max, base * 2^n)`, so that many bridges
+/// losing one broker don't reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+            attempt: 0,
+        }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(2u32.saturating_pow(self.attempt))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        rand::rng().random_range(ceiling / 2..=ceiling)
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Owns the connection: keeps one open while the bridge runs, and publishes
+/// it through [`SessionWatch`].
+pub struct Broker {
+    amqp_url: String,
+    topology: Topology,
+    with_publisher: bool,
+    max_backoff: Duration,
+    metrics: Metrics,
+    sessions: watch::Sender<Option<Arc<Session>>>,
+}
+
+impl Broker {
+    /// A broker for this config. Nothing connects until [`Broker::run`].
+    pub fn new(config: &Config, metrics: Metrics) -> Self {
+        Self {
+            amqp_url: config.amqp_url.clone(),
+            topology: Topology::from_config(config),
+            with_publisher: config.has(Role::Publish),
+            max_backoff: config.reconnect_max_backoff,
+            metrics,
+            sessions: watch::Sender::new(None),
+        }
+    }
+
+    /// A receiver of the current session.
+    pub fn sessions(&self) -> SessionWatch {
+        self.sessions.subscribe()
+    }
+
+    /// Connects, and reconnects after every loss, until `close` is
+    /// cancelled; then closes the connection cleanly.
+    ///
+    /// `close` is separate from the process's shutdown signal: the roles
+    /// drain first (acks need the channel), and only then is it cancelled.
+    pub async fn run(self, close: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        let mut connected_before = false;
+        loop {
+            let attempt = tokio::select! {
+                () = close.cancelled() => break,
+                attempt = self.connect() => attempt,
+            };
+            let session = match attempt {
+                Ok(session) => Arc::new(session),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, ?delay, "broker unavailable; retrying");
+                    tokio::select! {
+                        () = close.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            if connected_before {
+                self.metrics.reconnects.inc();
+            }
+            connected_before = true;
+            self.metrics.broker_up.set(1);
+            info!(queue = %self.topology.queue, "connected to the broker");
+            let events = session.connection.events_listener();
+            self.sessions.send_replace(Some(session.clone()));
+
+            let lost = tokio::select! {
+                () = close.cancelled() => false,
+                () = wait_for_loss(&session, events) => true,
+            };
+            // Withdraw the session first, so that no new work starts on it.
+            self.sessions.send_replace(None);
+            self.metrics.broker_up.set(0);
+            if !lost {
+                if let Err(e) = session.connection.close(200, "shutdown".into()).await {
+                    debug!(error = %e, "closing the connection");
+                }
+                info!("connection closed");
+                break;
+            }
+            warn!("lost the broker connection; reconnecting");
+            // Close what is left of the old connection, so that its socket
+            // and channels don't linger.
+            let _ = session.connection.close(320, "reconnecting".into()).await;
+        }
+        self.sessions.send_replace(None);
+    }
+
+    /// Opens a connection, declares the topology and opens the publisher
+    /// channel.
+    async fn connect(&self) -> Result<Session, BrokerError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("host-bridge:{}", self.topology.queue).into());
+        let connection = Connection::connect(&self.amqp_url, properties)
+            .await
+            .map_err(BrokerError::Connect)?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        self.topology
+            .declare(&channel)
+            .await
+            .map_err(BrokerError::Topology)?;
+        let publisher = if self.with_publisher {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(BrokerError::Channel)?;
+            Some(channel)
+        } else {
+            let _ = channel.close(200, "topology declared".into()).await;
+            None
+        };
+        Ok(Session {
+            connection,
+            publisher,
+        })
+    }
+}
+
+/// Returns once the session is no longer usable: an error event from the
+/// connection, or (checked every second) a closed connection or channel.
+async fn wait_for_loss(session: &Session, events: impl futures::Stream<Item = Event>) {
+    let mut events = std::pin::pin!(events);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Error(e)) => {
+                    warn!(error = %e, "connection error");
+                    return;
+                }
+                Some(event) => debug!(?event, "connection event"),
+                None => return,
+            },
+            _ = check.tick() => {
+                if !session.usable() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until a usable session exists, or `stop` is cancelled.
+pub async fn current_session(
+    sessions: &mut SessionWatch,
+    stop: &CancellationToken,
+) -> Option<Arc<Session>> {
+    tokio::select! {
+        () = stop.cancelled() => None,
+        session = sessions.wait_for(|s| s.as_ref().is_some_and(|s| s.usable())) => {
+            session.ok().and_then(|s| s.clone())
+        }
+    }
+}
+
+/// Reads the work queue's ready count with a passive declare every
+/// `interval`, into `host_bridge_queue_messages{state="ready"}`, until `stop`.
+pub async fn poll_queue_depth(
+    mut sessions: SessionWatch,
+    queue: String,
+    interval: Duration,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let ready = metrics
+        .queue_messages
+        .with_label_values(&[queue.as_str(), "ready"]);
+    while let Some(session) = current_session(&mut sessions, &stop).await {
+        let channel = match session.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                debug!(error = %e, "queue depth: no channel");
+                let _ = tokio::select! {
+                    () = stop.cancelled() => break,
+                    changed = sessions.changed() => changed,
+                };
+                continue;
+            }
+        };
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::default().passive(),
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(q) => ready.set(q.message_count().into()),
+                Err(e) => {
+                    debug!(error = %e, "queue depth: passive declare failed");
+                    break;
+                }
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = backoff.next_delay();
+        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+        let second = backoff.next_delay();
+        assert!((Duration::from_millis(100)..=Duration::from_millis(200)).contains(&second));
+        let later: Vec<_> = (0..40).map(|_| backoff.next_delay()).collect();
+        assert!(later.iter().all(|d| *d <= Duration::from_secs(2)), "{later:?}");
+        // From the 6th attempt on, the ceiling is the cap: 1 s to 2 s.
+        assert!(later[4..].iter().all(|d| *d >= Duration::from_secs(1)), "{later:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn queue_arguments_bound_retries_and_refuse_overflow() {
+        let topology = Topology {
+            queue: "q".into(),
+            dead_letter_exchange: "q.dlx".into(),
+            dead_letter_queue: "q.dead".into(),
+            delivery_limit: 3,
+            max_length: Some(10),
+        };
+        let args = topology.queue_arguments();
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(3)));
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
+        assert_eq!(get("x-overflow"), Some(long_string("reject-publish")));
+        assert_eq!(get("x-dead-letter-exchange"), Some(long_string("q.dlx")));
+    }
+}

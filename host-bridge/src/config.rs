@@ -1,0 +1,232 @@
+//! Settings: every flag, its environment mirror, its default, and the checks
+//! that turn a bad combination into one clear error.
+//!
+//! This module only describes configuration. What each setting drives lives
+//! with the module that uses it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// What one bridge process does. One process may do both, which is how
+/// `make up` runs it locally; in Kubernetes each pod enables one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Role {
+    /// Serve the loopback publish API that the producer component calls.
+    Publish,
+    /// Consume the queue and push each job to the worker component.
+    Consume,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// host-bridge's settings. Every flag has an environment variable mirror, so
+/// a Kubernetes manifest can set them with `env:`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "host-bridge", version, about)]
+pub struct Config {
+    /// AMQP URL of the broker (credentials may come from a Secret). The
+    /// default is RabbitMQ's local-development account.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// The roles to run, comma-separated.
+    #[arg(
+        long = "roles",
+        env = "BRIDGE_ROLES",
+        value_delimiter = ',',
+        default_value = "publish,consume"
+    )]
+    pub roles: Vec<Role>,
+
+    /// The work queue. Its dead-letter exchange and queue are named
+    /// `<queue>.dlx` and `<queue>.dead`.
+    #[arg(long, env = "QUEUE", default_value = "jobs")]
+    pub queue: String,
+
+    /// How many times a job may be delivered before the broker dead-letters
+    /// it (the quorum queue's `x-delivery-limit`).
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+
+    /// Optional cap on ready messages (`x-max-length`). When full, publishes
+    /// are refused (`x-overflow: reject-publish`) and the producer answers 503.
+    #[arg(long, env = "QUEUE_MAX_LENGTH")]
+    pub max_length: Option<u32>,
+
+    /// Address of the publish API. Loopback by default: only the producer in
+    /// the same pod may call it.
+    #[arg(long, env = "PUBLISH_ADDR", default_value = "127.0.0.1:9091")]
+    pub publish_addr: SocketAddr,
+
+    /// How long a publish may wait for the broker's confirm before it is
+    /// reported as failed.
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// The `Retry-After` (seconds) sent with a 503 from the publish API.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 1)]
+    pub retry_after_secs: u32,
+
+    /// Address of the admin server: /metrics, /healthz, /readyz.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// Where the consume role pushes each job (the worker component).
+    #[arg(long, env = "WORKER_URL", default_value = "http://127.0.0.1:3000/work")]
+    pub worker_url: String,
+
+    /// Jobs in progress at once: the consumer's prefetch count.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 1)]
+    pub concurrency: u16,
+
+    /// How long one push to the worker may take before the job is requeued.
+    #[arg(long, env = "JOB_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+
+    /// How long a graceful stop may wait for in-flight work. Keep it below
+    /// the pod's `terminationGracePeriodSeconds`; see docs/RELIABILITY.md.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the queue's depth is read (passive declare) for metrics.
+    #[arg(long, env = "QUEUE_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_poll_interval: Duration,
+
+    /// The longest wait between reconnect attempts.
+    #[arg(long, env = "RECONNECT_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconnect_max_backoff: Duration,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// A setting that parsed but can't work. `main` exits 64 (EX_USAGE) on it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {reason}")]
+pub struct ConfigError {
+    /// The flag at fault.
+    pub setting: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl Config {
+    /// Whether `role` is enabled.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The dead-letter exchange's name.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+
+    /// The dead-letter queue's name.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    /// Checks what clap can't: combinations and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |setting, reason: &str| {
+            Err(ConfigError {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.roles.is_empty() {
+            return fail("--roles", "enable at least one of publish, consume");
+        }
+        // AMQP short strings are at most 255 bytes, and `.dead` is appended.
+        if self.queue.is_empty() || self.queue.len() > 200 {
+            return fail("--queue", "must be 1 to 200 bytes long");
+        }
+        if self.concurrency == 0 {
+            return fail("--concurrency", "must be at least 1");
+        }
+        if self.delivery_limit == 0 {
+            return fail("--delivery-limit", "must be at least 1");
+        }
+        if self.has(Role::Consume) {
+            match reqwest::Url::parse(&self.worker_url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => return fail("--worker-url", "must be an http:// or https:// URL"),
+            }
+        }
+        if self.amqp_url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return fail("--amqp-url", "is not an amqp:// or amqps:// URL");
+        }
+        if self.has(Role::Publish) && self.publish_addr == self.admin_addr {
+            return fail("--publish-addr", "must differ from --admin-addr");
+        }
+        for (setting, value) in [
+            ("--job-timeout", self.job_timeout),
+            ("--publish-timeout", self.publish_timeout),
+            ("--queue-poll-interval", self.queue_poll_interval),
+        ] {
+            if value.is_zero() {
+                return fail(setting, "must be longer than zero");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("host-bridge").chain(args.iter().copied()))
+            .expect("arguments parse")
+    }
+
+    #[test]
+    fn defaults_run_both_roles_on_loopback_publish() {
+        let config = parse(&[]);
+        assert!(config.has(Role::Publish) && config.has(Role::Consume));
+        assert!(config.publish_addr.ip().is_loopback());
+        assert_eq!(config.concurrency, 1);
+        assert_eq!(config.dead_letter_queue(), "jobs.dead");
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn roles_and_durations_parse() {
+        let config = parse(&["--roles", "consume", "--job-timeout", "1500ms"]);
+        assert_eq!(config.roles, vec![Role::Consume]);
+        assert_eq!(config.job_timeout, Duration::from_millis(1500));
+        assert!(Config::try_parse_from(["host-bridge", "--roles", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn bad_combinations_name_the_setting() {
+        let err = parse(&["--concurrency", "0"]).validate().unwrap_err();
+        assert_eq!(err.setting, "--concurrency");
+        let err = parse(&["--worker-url", "ftp://x"]).validate().unwrap_err();
+        assert_eq!(err.setting, "--worker-url");
+        let err = parse(&["--amqp-url", "http://x"]).validate().unwrap_err();
+        assert_eq!(err.setting, "--amqp-url");
+        let err = parse(&["--publish-addr", "0.0.0.0:9090"]).validate().unwrap_err();
+        assert_eq!(err.setting, "--publish-addr");
+        // A consume-only bridge doesn't care about the worker URL's clash.
+        parse(&["--roles", "publish", "--worker-url", "nope"])
+            .validate()
+            .expect("publish role ignores the worker URL");
+    }
+}

@@ -1,0 +1,191 @@
+//! host-bridge: the native sidecar that does what the Wasm components can't,
+//! AMQP and metrics.
+//!
+//! - The **publish** role serves a loopback HTTP API that the producer
+//!   component calls; it answers only after the broker confirms the message.
+//! - The **consume** role takes deliveries and pushes each one to the worker
+//!   component over loopback HTTP, acknowledging by the worker's answer.
+//!
+//! [`Bridge::bind`] opens the listeners (so that tests can bind port 0 and
+//! learn the address), and [`Bridge::run`] runs until its shutdown future
+//! resolves, then drains: stop taking work, finish in-flight work under
+//! `--shutdown-grace`, close the channel and the connection.
+
+pub mod admin;
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod consume;
+pub mod metrics;
+pub mod publish;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::{Config, ConfigError, Role};
+pub use metrics::Metrics;
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not bind.
+    #[error("failed to bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A bridge with its listeners bound, ready to [`run`](Bridge::run).
+pub struct Bridge {
+    config: Config,
+    metrics: Metrics,
+    publish_listener: Option<TcpListener>,
+    admin_listener: TcpListener,
+}
+
+impl Bridge {
+    /// Validates the config and binds the admin and (if enabled) publish
+    /// listeners. Nothing talks to the broker yet.
+    pub async fn bind(config: Config) -> Result<Self, BridgeError> {
+        config.validate()?;
+        let admin_listener = bind("admin server", config.admin_addr).await?;
+        let publish_listener = if config.has(Role::Publish) {
+            Some(bind("publish API", config.publish_addr).await?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            metrics: Metrics::new(),
+            publish_listener,
+            admin_listener,
+        })
+    }
+
+    /// The publish API's bound address, if that role is on.
+    pub fn publish_addr(&self) -> Option<SocketAddr> {
+        self.publish_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The admin server's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_addr)
+    }
+
+    /// This bridge's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` resolves, then drains and closes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Bridge {
+            config,
+            metrics,
+            publish_listener,
+            admin_listener,
+        } = self;
+        // `stop`: stop taking work. `close`: close the connection, once the
+        // roles have drained (their acks and confirms need it).
+        // `admin_stop`: last, so that /metrics stays up through the drain.
+        let stop = CancellationToken::new();
+        let close = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+
+        let broker = broker::Broker::new(&config, metrics.clone());
+        let sessions = broker.sessions();
+        let broker_task = tokio::spawn(broker.run(close.clone()));
+        let depth_task = tokio::spawn(broker::poll_queue_depth(
+            sessions.clone(),
+            config.queue.clone(),
+            config.queue_poll_interval,
+            metrics.clone(),
+            stop.clone(),
+        ));
+
+        let mut consuming = None;
+        let consume_task = config.has(Role::Consume).then(|| {
+            let role = consume::ConsumeRole::new(&config, sessions.clone(), metrics.clone());
+            consuming = Some(role.consuming());
+            tokio::spawn(role.run(stop.clone()))
+        });
+        let publish_task = publish_listener.map(|listener| {
+            let api = Arc::new(publish::PublishApi::new(
+                &config,
+                sessions.clone(),
+                metrics.clone(),
+            ));
+            tokio::spawn(api::serve(
+                listener,
+                api.router(),
+                stop.clone().cancelled_owned(),
+            ))
+        });
+        let readiness = admin::Readiness::new(sessions, consuming, stop.clone());
+        let admin_task = tokio::spawn(api::serve(
+            admin_listener,
+            admin::router(metrics.clone(), readiness),
+            admin_stop.clone().cancelled_owned(),
+        ));
+        info!(roles = ?config.roles, queue = %config.queue, "host-bridge started");
+
+        shutdown.await;
+        info!(grace = ?config.shutdown_grace, "stopping: no new work; draining");
+        stop.cancel();
+        // The consumer bounds its own drain by the grace period; the publish
+        // API's in-flight requests are bounded by the confirm timeout. The
+        // outer bound only guards against a stuck task.
+        let drain = async {
+            if let Some(task) = publish_task
+                && let Ok(Err(e)) = task.await
+            {
+                warn!(error = %e, "publish API failed");
+            }
+            if let Some(task) = consume_task {
+                let _ = task.await;
+            }
+            let _ = depth_task.await;
+        };
+        let bound = config.shutdown_grace + config.publish_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, drain).await.is_err() {
+            warn!(?bound, "drain did not finish; closing anyway");
+        }
+        close.cancel();
+        let _ = broker_task.await;
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        info!("host-bridge stopped");
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BridgeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BridgeError::Bind { what, addr, source })
+}
+
+/// Binds and runs a bridge until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BridgeError> {
+    Bridge::bind(config).await?.run(shutdown).await;
+    Ok(())
+}

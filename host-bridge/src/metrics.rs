@@ -1,0 +1,310 @@
+//! Metric definitions: one registry, one `host_bridge_` prefix, labels from
+//! closed sets.
+//!
+//! This module defines and encodes metrics. Modules that do the work record
+//! into them; serving `/metrics` belongs to `admin`.
+
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The prefix of every metric this process exports.
+pub const PREFIX: &str = "host_bridge";
+
+/// How one publish ended. The label values of `published_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The broker confirmed the message: it is durably queued.
+    Confirmed,
+    /// The broker nacked it, e.g. the queue is full (`reject-publish`).
+    Rejected,
+    /// The broker returned it as unroutable (mandatory flag): no such queue.
+    Unroutable,
+    /// No usable channel, a channel error, or no confirm in time.
+    Failed,
+}
+
+impl PublishOutcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            PublishOutcome::Confirmed => "confirmed",
+            PublishOutcome::Rejected => "rejected",
+            PublishOutcome::Unroutable => "unroutable",
+            PublishOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What the consumer did with a delivery. The label values of
+/// `jobs_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The worker succeeded and the delivery was acked.
+    Acked,
+    /// The worker failed transiently; the delivery went back to the queue.
+    Requeued,
+    /// The worker refused the job as bad input; it went to the dead-letter queue.
+    DeadLettered,
+}
+
+impl JobOutcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobOutcome::Acked => "acked",
+            JobOutcome::Requeued => "requeued",
+            JobOutcome::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Every metric host-bridge exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Publishes, by queue and outcome.
+    pub published: IntCounterVec,
+    /// Consumed jobs, by queue and outcome.
+    pub jobs: IntCounterVec,
+    /// Time from receiving a publish request to the broker's verdict.
+    pub publish_duration: Histogram,
+    /// Time from delivery to acknowledgement.
+    pub job_duration: Histogram,
+    /// Jobs being worked on by this bridge now.
+    pub jobs_in_flight: IntGauge,
+    /// Queue depth: `ready` from a passive declare (queue-wide), `unacked`
+    /// held by this bridge.
+    pub queue_messages: IntGaugeVec,
+    /// Acks, nacks or rejects that failed (the broker requeues those itself).
+    pub ack_failures: IntCounterVec,
+    /// 1 while an AMQP connection is open.
+    pub broker_up: IntGauge,
+    /// Connections opened after the first.
+    pub reconnects: IntCounter,
+    /// Requests the producer component received, by route and method.
+    pub producer_requests: IntCounterVec,
+    /// Answers the producer component gave, by route and status.
+    pub producer_responses: IntCounterVec,
+    /// Pushes to the worker, by worker answer class (`2xx`, `4xx`, `5xx`,
+    /// `timeout`, `error`) and how long they took.
+    pub worker_push_duration: HistogramVec,
+}
+
+// Jobs take about 5 s; publishes take milliseconds. Buckets cover both.
+const JOB_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+];
+const PUBLISH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl Metrics {
+    /// Creates the metrics in a fresh registry. Each bridge owns its own, so
+    /// that tests running several in one process don't share counts.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some(PREFIX.to_owned()), None)
+            .expect("a static prefix is a valid registry prefix");
+        let metrics = Self {
+            published: IntCounterVec::new(
+                Opts::new("published_total", "Publishes, by outcome."),
+                &["queue", "outcome"],
+            )
+            .expect("valid metric"),
+            jobs: IntCounterVec::new(
+                Opts::new("jobs_total", "Consumed jobs, by outcome."),
+                &["queue", "outcome"],
+            )
+            .expect("valid metric"),
+            publish_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "publish_duration_seconds",
+                    "Time from a publish request to the broker's verdict.",
+                )
+                .buckets(PUBLISH_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            job_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "job_duration_seconds",
+                    "Time from delivery to acknowledgement.",
+                )
+                .buckets(JOB_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            jobs_in_flight: IntGauge::new("jobs_in_flight", "Jobs in progress in this bridge.")
+                .expect("valid metric"),
+            queue_messages: IntGaugeVec::new(
+                Opts::new(
+                    "queue_messages",
+                    "Messages in the queue: ready (queue-wide, from a passive declare) \
+                     and unacked (held by this bridge).",
+                ),
+                &["queue", "state"],
+            )
+            .expect("valid metric"),
+            ack_failures: IntCounterVec::new(
+                Opts::new(
+                    "ack_failures_total",
+                    "Acks, nacks or rejects that could not be sent; the broker requeues those.",
+                ),
+                &["queue"],
+            )
+            .expect("valid metric"),
+            broker_up: IntGauge::new("broker_up", "1 while an AMQP connection is open.")
+                .expect("valid metric"),
+            reconnects: IntCounter::new(
+                "reconnects_total",
+                "AMQP connections opened after the first.",
+            )
+            .expect("valid metric"),
+            producer_requests: IntCounterVec::new(
+                Opts::new(
+                    "producer_requests_total",
+                    "Requests the producer component received, by route and method.",
+                ),
+                &["route", "method"],
+            )
+            .expect("valid metric"),
+            producer_responses: IntCounterVec::new(
+                Opts::new(
+                    "producer_responses_total",
+                    "Answers the producer component gave, by route and status.",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            worker_push_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "worker_push_duration_seconds",
+                    "Pushes of a job to the worker, by the worker's answer.",
+                )
+                .buckets(JOB_BUCKETS.to_vec()),
+                &["result"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(self.published.clone()),
+            Box::new(self.jobs.clone()),
+            Box::new(self.publish_duration.clone()),
+            Box::new(self.job_duration.clone()),
+            Box::new(self.jobs_in_flight.clone()),
+            Box::new(self.queue_messages.clone()),
+            Box::new(self.ack_failures.clone()),
+            Box::new(self.broker_up.clone()),
+            Box::new(self.reconnects.clone()),
+            Box::new(self.producer_requests.clone()),
+            Box::new(self.producer_responses.clone()),
+            Box::new(self.worker_push_duration.clone()),
+        ];
+        for collector in collectors {
+            self.registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+    }
+
+    /// Records a publish's outcome.
+    pub fn publish_done(&self, queue: &str, outcome: PublishOutcome, started: Instant) {
+        self.published
+            .with_label_values(&[queue, outcome.label()])
+            .inc();
+        self.publish_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records a consumed job's outcome.
+    pub fn job_done(&self, queue: &str, outcome: JobOutcome) {
+        self.jobs.with_label_values(&[queue, outcome.label()]).inc();
+    }
+
+    /// Starts timing one job; the guard counts it in flight (and as unacked
+    /// in `queue`) until dropped.
+    pub fn job_started(&self, queue: &str) -> JobTimer {
+        let unacked = self.queue_messages.with_label_values(&[queue, "unacked"]);
+        self.jobs_in_flight.inc();
+        unacked.inc();
+        JobTimer {
+            in_flight: self.jobs_in_flight.clone(),
+            unacked,
+            duration: self.job_duration.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding to a Vec fails only on invalid metric names, which the
+        // constructors above already reject.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Times one job from delivery to its ack, nack or reject, and counts it in
+/// flight meanwhile. Observing on `Drop` measures early returns too.
+pub struct JobTimer {
+    in_flight: IntGauge,
+    unacked: IntGauge,
+    duration: Histogram,
+    started: Instant,
+}
+
+impl Drop for JobTimer {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+        self.unacked.dec();
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix_and_follow_conventions() {
+        let metrics = Metrics::new();
+        metrics.publish_done("q", PublishOutcome::Confirmed, Instant::now());
+        metrics.job_done("q", JobOutcome::DeadLettered);
+        let text = metrics.encode();
+        assert!(text.contains(r#"host_bridge_published_total{outcome="confirmed",queue="q"} 1"#), "{text}");
+        assert!(text.contains(r#"host_bridge_jobs_total{outcome="dead_lettered",queue="q"} 1"#), "{text}");
+        assert!(text.contains("host_bridge_publish_duration_seconds_bucket"));
+        for family in metrics.registry.gather() {
+            let name = family.name();
+            assert!(name.starts_with("host_bridge_"), "{name}");
+            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn job_timer_counts_in_flight_until_dropped() {
+        let metrics = Metrics::new();
+        let unacked = metrics.queue_messages.with_label_values(&["q", "unacked"]);
+        let timer = metrics.job_started("q");
+        assert_eq!((metrics.jobs_in_flight.get(), unacked.get()), (1, 1));
+        drop(timer);
+        assert_eq!((metrics.jobs_in_flight.get(), unacked.get()), (0, 0));
+        assert_eq!(metrics.job_duration.get_sample_count(), 1);
+    }
+}
