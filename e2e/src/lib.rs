@@ -1,1 +1,72 @@
+//! Test support for the end-to-end and component tests: a wasmtime host for
+//! the real .wasm components, in-process bridges, per-test queues on the
+//! real RabbitMQ at `AMQP_URL`, and a scriptable stand-in worker for faults
+//! that are the worker's.
+//!
+//! Nothing here imitates RabbitMQ, the bridge or the components: each helper
+//! runs or drives the real thing on loopback.
 
+pub mod amqp;
+pub mod bridge;
+pub mod standin;
+pub mod wasm;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `probe` until it returns `Some`, at most `limit`. For conditions
+/// that have no event to wait on (a metric reaching a value, a port
+/// answering); never a substitute for one that has.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads one sample from a Prometheus text exposition: the value of the
+/// series `name` whose labels include every `labels` pair. Missing is 0.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_value_matches_name_and_labels() {
+        let text = "# HELP x\nhost_bridge_jobs_total{outcome=\"acked\",queue=\"q\"} 3\n\
+                    host_bridge_jobs_total{outcome=\"requeued\",queue=\"q\"} 2\nup 1\n";
+        assert_eq!(metric_value(text, "host_bridge_jobs_total", &[("outcome", "acked")]), 3.0);
+        assert_eq!(metric_value(text, "host_bridge_jobs_total", &[("queue", "q")]), 5.0);
+        assert_eq!(metric_value(text, "up", &[]), 1.0);
+        assert_eq!(metric_value(text, "missing", &[]), 0.0);
+    }
+}

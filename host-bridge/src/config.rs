@@ -171,7 +171,10 @@ impl Config {
         if self.amqp_url.parse::<lapin::uri::AMQPUri>().is_err() {
             return fail("--amqp-url", "is not an amqp:// or amqps:// URL");
         }
-        if self.has(Role::Publish) && self.publish_addr == self.admin_addr {
+        if self.has(Role::Publish)
+            && self.publish_addr.port() != 0
+            && self.publish_addr == self.admin_addr
+        {
             return fail("--publish-addr", "must differ from --admin-addr");
         }
         for (setting, value) in [

@@ -1,0 +1,140 @@
+//! Real host-bridges, in-process on port 0, stopped through their shutdown
+//! parameter.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use host_bridge::{Bridge, Config};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::amqp::amqp_url;
+use crate::eventually;
+
+/// A running bridge.
+pub struct RunningBridge {
+    /// The publish API, when that role is on.
+    pub publish_addr: Option<SocketAddr>,
+    /// The admin server.
+    pub admin_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    client: reqwest::Client,
+}
+
+impl RunningBridge {
+    /// Starts a bridge with `args` (flags as on the command line) on top of
+    /// test defaults: `AMQP_URL`, ports 0, short poll interval.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let amqp = amqp_url();
+        let mut argv = vec![
+            "host-bridge",
+            "--amqp-url",
+            &amqp,
+            "--publish-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--queue-poll-interval",
+            "200ms",
+        ];
+        argv.extend_from_slice(args);
+        let config = Config::try_parse_from(argv).context("bridge arguments")?;
+        let bridge = Bridge::bind(config).await?;
+        let publish_addr = bridge.publish_addr();
+        let admin_addr = bridge.admin_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bridge.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            publish_addr,
+            admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// Starts a bridge and waits until /readyz says it is ready.
+    pub async fn start_ready(args: &[&str]) -> anyhow::Result<Self> {
+        let bridge = Self::start(args).await?;
+        bridge.wait_ready().await;
+        Ok(bridge)
+    }
+
+    /// The publish API's URL for `path`.
+    pub fn publish_url(&self, path: &str) -> String {
+        let addr = self.publish_addr.expect("the publish role is on");
+        format!("http://{addr}{path}")
+    }
+
+    /// GETs an admin path, returning its status and body.
+    pub async fn admin(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let response = self
+            .client
+            .get(format!("http://{}{path}", self.admin_addr))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// The current /metrics text.
+    pub async fn metrics(&self) -> String {
+        self.admin("/metrics").await.map(|(_, text)| text).unwrap_or_default()
+    }
+
+    /// One metric's value (see [`crate::metric_value`]).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        eventually("the bridge to be ready", Duration::from_secs(20), || async {
+            matches!(self.admin("/readyz").await, Ok((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until a metric reaches at least `value`.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64, limit: Duration) {
+        eventually(&format!("{name}{labels:?} >= {value}"), limit, || async {
+            (self.metric(name, labels).await >= value).then_some(())
+        })
+        .await;
+    }
+
+    /// Starts a graceful stop (what SIGTERM does) without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Stops gracefully and waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits for `run` to return after [`RunningBridge::begin_stop`].
+    pub async fn join(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningBridge {
+    fn drop(&mut self) {
+        // A test that fails mid-way still stops its bridge.
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
