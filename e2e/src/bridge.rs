@@ -19,6 +19,8 @@ pub struct RunningBridge {
     pub publish_addr: Option<SocketAddr>,
     /// The admin server.
     pub admin_addr: SocketAddr,
+    /// The bridge's own metrics, readable after it has stopped too.
+    pub metrics: host_bridge::Metrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     client: reqwest::Client,
@@ -29,22 +31,24 @@ impl RunningBridge {
     /// test defaults: `AMQP_URL`, ports 0, short poll interval.
     pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
         let amqp = amqp_url();
-        let mut argv = vec![
-            "host-bridge",
-            "--amqp-url",
-            &amqp,
-            "--publish-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--queue-poll-interval",
-            "200ms",
+        let defaults = [
+            ("--amqp-url", amqp.as_str()),
+            ("--publish-addr", "127.0.0.1:0"),
+            ("--admin-addr", "127.0.0.1:0"),
+            ("--queue-poll-interval", "200ms"),
         ];
+        let mut argv = vec!["host-bridge"];
         argv.extend_from_slice(args);
+        for (flag, value) in defaults {
+            if !args.contains(&flag) {
+                argv.extend([flag, value]);
+            }
+        }
         let config = Config::try_parse_from(argv).context("bridge arguments")?;
         let bridge = Bridge::bind(config).await?;
         let publish_addr = bridge.publish_addr();
         let admin_addr = bridge.admin_addr();
+        let metrics = bridge.metrics().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bridge.run(async move {
             let _ = stopped.await;
@@ -52,6 +56,7 @@ impl RunningBridge {
         Ok(Self {
             publish_addr,
             admin_addr,
+            metrics,
             stop: Some(stop),
             task: Some(task),
             client: reqwest::Client::new(),
@@ -81,14 +86,17 @@ impl RunningBridge {
         Ok((response.status().as_u16(), response.text().await?))
     }
 
-    /// The current /metrics text.
-    pub async fn metrics(&self) -> String {
-        self.admin("/metrics").await.map(|(_, text)| text).unwrap_or_default()
+    /// The /metrics text, as served.
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        let (status, text) = self.admin("/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(text)
     }
 
-    /// One metric's value (see [`crate::metric_value`]).
+    /// One metric's value (see [`crate::metric_value`]), read from the
+    /// bridge's registry.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        crate::metric_value(&self.metrics().await, name, labels)
+        crate::metric_value(&self.metrics.encode(), name, labels)
     }
 
     /// Waits until /readyz answers 200.

@@ -53,7 +53,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .then(|| value.parse::<f64>().ok())
             .flatten()
         })
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 #[cfg(test)]

@@ -1,0 +1,231 @@
+//! host-bridge against the real RabbitMQ: the publish API's contract, the
+//! consumer's acknowledgement table, readiness, metrics and graceful stop.
+//! Faults that are the worker's are played by the stand-in worker.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use e2e::amqp::{Inspector, unique_queue};
+use e2e::bridge::RunningBridge;
+use e2e::standin::StandIn;
+use serde_json::{Value, json};
+
+fn job(id: &str, payload: Value) -> String {
+    json!({ "id": id, "created_at": "2026-01-01T00:00:00Z", "payload": payload }).to_string()
+}
+
+async fn publish(bridge: &RunningBridge, body: String) -> Result<reqwest::Response> {
+    Ok(reqwest::Client::new()
+        .post(bridge.publish_url("/v1/publish"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_api_accepts_chunked_bodies_and_bounds_them() -> Result<()> {
+    let queue = unique_queue("chunked");
+    let bridge = RunningBridge::start_ready(&["--roles", "publish", "--queue", &queue]).await?;
+    let inspector = Inspector::connect().await?;
+    let client = reqwest::Client::new();
+    let url = bridge.publish_url("/v1/publish");
+
+    // A streamed body has no Content-Length: it goes out chunked, as a
+    // spin-sdk component's outbound POST does under `spin up`.
+    let chunked = |parts: Vec<Vec<u8>>| {
+        reqwest::Body::wrap_stream(futures::stream::iter(
+            parts.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    };
+    let body = job("chunked-1", json!({"n": 1})).into_bytes();
+    let (head, tail) = body.split_at(10);
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(chunked(vec![head.to_vec(), tail.to_vec()]))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.json::<Value>().await?["id"], "chunked-1");
+
+    // Over the limit, streamed: refused without a Content-Length to go by.
+    let big = vec![b' '; job::MAX_BODY_BYTES / 4];
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(chunked(vec![big.clone(), big.clone(), big.clone(), big.clone(), b"{}".to_vec()]))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.json::<job::ErrorBody>().await?.error, "payload_too_large");
+
+    let messages = inspector.drain(&queue).await?;
+    assert_eq!(messages.len(), 1, "only the valid job is queued");
+    assert_eq!(job::Job::from_body(&messages[0].data)?.id, "chunked-1");
+    inspector.delete_topology(&queue).await?;
+    bridge.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_api_refuses_bad_input_with_json_errors() -> Result<()> {
+    let queue = unique_queue("publish-bad");
+    let bridge = RunningBridge::start_ready(&["--roles", "publish", "--queue", &queue]).await?;
+    let client = reqwest::Client::new();
+    let url = bridge.publish_url("/v1/publish");
+    let json = "application/json";
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("invalid JSON", client.post(&url).header("content-type", json).body("{"), 400, "invalid_json"),
+        ("not a job", client.post(&url).header("content-type", json).body(r#"{"x": 1}"#), 400, "invalid_json"),
+        ("empty id", client.post(&url).header("content-type", json).body(job("", json!(null))), 400, "invalid_job"),
+        ("non-UTF-8", client.post(&url).header("content-type", json).body(vec![b'{', 0xc3, 0x28]), 400, "invalid_utf8"),
+        ("wrong content type", client.post(&url).header("content-type", "text/csv").body("a,b"), 415, "unsupported_media_type"),
+        ("wrong method", client.get(&url), 405, "method_not_allowed"),
+        ("unknown route", client.post(bridge.publish_url("/v2/x")), 404, "not_found"),
+    ];
+    for (what, request, status, code) in cases {
+        let response = request.send().await?;
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: job::ErrorBody = response.json().await?;
+        assert_eq!(body.error, code, "{what}: {}", body.message);
+    }
+    assert_eq!(bridge.metric("host_bridge_published_total", &[]).await, 0.0);
+    let inspector = Inspector::connect().await?;
+    assert_eq!(inspector.ready(&queue).await?, 0);
+    inspector.delete_topology(&queue).await?;
+    bridge.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Result<()> {
+    let queue = unique_queue("outcomes");
+    let mut worker = StandIn::start().await?;
+    let url = worker.url();
+    let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
+
+    for (id, answers) in [("ok", json!([200])), ("poison", json!([400])), ("flaky", json!([500, 200]))] {
+        let response = publish(&bridge, job(id, json!({ "answers": answers }))).await?;
+        assert_eq!(response.status(), 202, "{id}");
+    }
+    let mut pushes = Vec::new();
+    for _ in 0..4 {
+        let push = worker.next_push(Duration::from_secs(20)).await;
+        pushes.push((push.id, push.attempt, push.status));
+    }
+    pushes.sort();
+    assert_eq!(
+        pushes,
+        vec![
+            ("flaky".into(), 1, 500),
+            ("flaky".into(), 2, 200),
+            ("ok".into(), 1, 200),
+            ("poison".into(), 1, 400),
+        ]
+    );
+    let q = [("queue", queue.as_str())];
+    bridge
+        .wait_metric("host_bridge_jobs_total", &[q[0], ("outcome", "acked")], 2.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(bridge.metric("host_bridge_jobs_total", &[q[0], ("outcome", "requeued")]).await, 1.0);
+    assert_eq!(bridge.metric("host_bridge_jobs_total", &[q[0], ("outcome", "dead_lettered")]).await, 1.0);
+
+    // The poison job is in the dead-letter queue, once, and nothing is left.
+    let inspector = Inspector::connect().await?;
+    let dead = e2e::eventually("the poison job in the dead-letter queue", Duration::from_secs(10), || async {
+        let dead = inspector.drain(&format!("{queue}.dead")).await.ok()?;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(job::Job::from_body(&dead[0].data)?.id, "poison");
+    assert_eq!(inspector.ready(&queue).await?, 0);
+    bridge.stop().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_and_prompt_503_while_the_broker_is_unreachable() -> Result<()> {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let amqp = format!("amqp://guest:guest@{closed}/%2f");
+    let bridge = RunningBridge::start(&["--amqp-url", &amqp, "--queue", &unique_queue("down")]).await?;
+    let (status, body) = bridge.admin("/readyz").await?;
+    assert_eq!(status, 503);
+    assert!(body.contains("not connected"), "{body}");
+    assert_eq!(bridge.admin("/healthz").await?.0, 200);
+
+    let response = publish(&bridge, job("j", json!(null))).await?;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.json::<job::ErrorBody>().await?.error, "broker_unavailable");
+    assert_eq!(
+        bridge.metric("host_bridge_published_total", &[("outcome", "failed")]).await,
+        1.0
+    );
+    assert_eq!(bridge.metric("host_bridge_broker_up", &[]).await, 0.0);
+    bridge.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<()> {
+    let queue = unique_queue("drain");
+    let mut worker = StandIn::start().await?;
+    let url = worker.url();
+    let mut bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url, "--shutdown-grace", "20s"]).await?;
+    assert_eq!(publish(&bridge, job("slow", json!({"delay_ms": 1500}))).await?.status(), 202);
+    bridge
+        .wait_metric("host_bridge_jobs_in_flight", &[], 1.0, Duration::from_secs(10))
+        .await;
+
+    // What SIGTERM does: stop taking work, drain, close.
+    let stopping = std::time::Instant::now();
+    bridge.begin_stop();
+    let push = worker.next_push(Duration::from_secs(20)).await;
+    assert_eq!((push.id.as_str(), push.attempt, push.status), ("slow", 1, 200));
+    let metrics = bridge.metrics.clone();
+    bridge.join().await;
+    // It stopped because the work was done, not because the deadline passed.
+    assert!(stopping.elapsed() < Duration::from_secs(20), "{:?}", stopping.elapsed());
+    let acked = e2e::metric_value(&metrics.encode(), "host_bridge_jobs_total", &[("outcome", "acked")]);
+    assert_eq!(acked, 1.0, "acked before the bridge stopped");
+
+    // Acked exactly once: nothing returned to the queue, no second push.
+    let inspector = Inspector::connect().await?;
+    assert_eq!(inspector.ready(&queue).await?, 0);
+    assert!(worker.pushes.try_recv().is_err());
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_the_documented_families() -> Result<()> {
+    let queue = unique_queue("metrics");
+    let worker = StandIn::start().await?;
+    let url = worker.url();
+    let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
+    assert_eq!(publish(&bridge, job("m", json!(null))).await?.status(), 202);
+    bridge
+        .wait_metric("host_bridge_jobs_total", &[("outcome", "acked")], 1.0, Duration::from_secs(10))
+        .await;
+    let text = bridge.scrape().await?;
+    for family in [
+        "host_bridge_published_total",
+        "host_bridge_jobs_total",
+        "host_bridge_publish_duration_seconds_bucket",
+        "host_bridge_job_duration_seconds_bucket",
+        "host_bridge_jobs_in_flight",
+        "host_bridge_queue_messages",
+        "host_bridge_broker_up",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(family)), "{family} missing:\n{text}");
+    }
+    assert!(text.contains(&format!(r#"host_bridge_queue_messages{{queue="{queue}",state="ready"}}"#)), "{text}");
+    assert_eq!(bridge.metric("host_bridge_broker_up", &[]).await, 1.0);
+    let inspector = Inspector::connect().await?;
+    bridge.stop().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
