@@ -4,14 +4,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use lapin::options::ExchangeDeleteOptions;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
-use lapin::options::ExchangeDeleteOptions;
 
 /// The broker tests use: `AMQP_URL`, or the local-development default.
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
 /// A unique queue name for one test, so tests run in parallel and on a broker
@@ -46,14 +45,21 @@ impl Inspector {
     }
 
     /// Takes one message off `queue` (acking it), if any.
-    pub async fn get(&self, queue: &str) -> anyhow::Result<Option<lapin::message::BasicGetMessage>> {
+    pub async fn get(
+        &self,
+        queue: &str,
+    ) -> anyhow::Result<Option<lapin::message::BasicGetMessage>> {
         let message = self
             .channel
             .basic_get(queue.into(), BasicGetOptions::default())
             .await
             .with_context(|| format!("basic.get on {queue}"))?;
         if let Some(message) = &message {
-            message.delivery.acker.ack(BasicAckOptions::default()).await?;
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await?;
         }
         Ok(message)
     }
@@ -90,7 +96,10 @@ impl Inspector {
                 .await?;
         }
         self.channel
-            .exchange_delete(format!("{queue}.dlx").as_str().into(), ExchangeDeleteOptions::default())
+            .exchange_delete(
+                format!("{queue}.dlx").as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await?;
         Ok(())
     }

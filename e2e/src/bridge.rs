@@ -101,14 +101,22 @@ impl RunningBridge {
 
     /// Waits until /readyz answers 200.
     pub async fn wait_ready(&self) {
-        eventually("the bridge to be ready", Duration::from_secs(20), || async {
-            matches!(self.admin("/readyz").await, Ok((200, _))).then_some(())
-        })
+        eventually(
+            "the bridge to be ready",
+            Duration::from_secs(20),
+            || async { matches!(self.admin("/readyz").await, Ok((200, _))).then_some(()) },
+        )
         .await;
     }
 
     /// Waits until a metric reaches at least `value`.
-    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64, limit: Duration) {
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+        limit: Duration,
+    ) {
         eventually(&format!("{name}{labels:?} >= {value}"), limit, || async {
             (self.metric(name, labels).await >= value).then_some(())
         })

@@ -64,8 +64,14 @@ mod tests {
     fn metric_value_matches_name_and_labels() {
         let text = "# HELP x\nhost_bridge_jobs_total{outcome=\"acked\",queue=\"q\"} 3\n\
                     host_bridge_jobs_total{outcome=\"requeued\",queue=\"q\"} 2\nup 1\n";
-        assert_eq!(metric_value(text, "host_bridge_jobs_total", &[("outcome", "acked")]), 3.0);
-        assert_eq!(metric_value(text, "host_bridge_jobs_total", &[("queue", "q")]), 5.0);
+        assert_eq!(
+            metric_value(text, "host_bridge_jobs_total", &[("outcome", "acked")]),
+            3.0
+        );
+        assert_eq!(
+            metric_value(text, "host_bridge_jobs_total", &[("queue", "q")]),
+            5.0
+        );
         assert_eq!(metric_value(text, "up", &[]), 1.0);
         assert_eq!(metric_value(text, "missing", &[]), 0.0);
     }

@@ -73,7 +73,9 @@ impl StandIn {
 
 async fn work(State(shared): State<Shared>, body: Bytes) -> StatusCode {
     let job: Option<job::Job> = serde_json::from_slice(&body).ok();
-    let id = job.as_ref().map_or_else(|| "?".to_owned(), |j| j.id.clone());
+    let id = job
+        .as_ref()
+        .map_or_else(|| "?".to_owned(), |j| j.id.clone());
     let payload = job.and_then(|j| j.payload).unwrap_or_default();
     let attempt = {
         let mut attempts = shared.attempts.lock().expect("not poisoned");

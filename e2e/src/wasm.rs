@@ -26,18 +26,18 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// The built component `name` (`producer` or `worker`), as `make wasm`
 /// leaves it.
 pub fn wasm_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WASM_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
-    });
+    let dir = std::env::var_os("WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
+        });
     dir.join(format!("{name}.wasm"))
 }
 
 /// One engine for every test in the process: compiling is the costly part.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        Engine::new(&Config::new()).expect("a default engine config is valid")
-    })
+    ENGINE.get_or_init(|| Engine::new(&Config::new()).expect("a default engine config is valid"))
 }
 
 /// Loads (once per process) and returns the compiled component `name`.
@@ -192,7 +192,10 @@ impl Host {
             },
         );
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.pre.clone();
         // The guest may keep running after it has answered (the producer
@@ -208,7 +211,9 @@ impl Host {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => bail!("the guest answered with an error: {e:?}"),
             Err(_) => match guest.await {
-                Ok(Err(e)) => return Err(anyhow::Error::from(e).context("the guest trapped before answering")),
+                Ok(Err(e)) => {
+                    return Err(anyhow::Error::from(e).context("the guest trapped before answering"));
+                }
                 _ => bail!("the guest never answered"),
             },
         };

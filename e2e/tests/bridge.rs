@@ -54,11 +54,20 @@ async fn publish_api_accepts_chunked_bodies_and_bounds_them() -> Result<()> {
     let response = client
         .post(&url)
         .header("content-type", "application/json")
-        .body(chunked(vec![big.clone(), big.clone(), big.clone(), big.clone(), b"{}".to_vec()]))
+        .body(chunked(vec![
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            b"{}".to_vec(),
+        ]))
         .send()
         .await?;
     assert_eq!(response.status(), 413);
-    assert_eq!(response.json::<job::ErrorBody>().await?.error, "payload_too_large");
+    assert_eq!(
+        response.json::<job::ErrorBody>().await?.error,
+        "payload_too_large"
+    );
 
     let messages = inspector.drain(&queue).await?;
     assert_eq!(messages.len(), 1, "only the valid job is queued");
@@ -76,13 +85,55 @@ async fn publish_api_refuses_bad_input_with_json_errors() -> Result<()> {
     let url = bridge.publish_url("/v1/publish");
     let json = "application/json";
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("invalid JSON", client.post(&url).header("content-type", json).body("{"), 400, "invalid_json"),
-        ("not a job", client.post(&url).header("content-type", json).body(r#"{"x": 1}"#), 400, "invalid_json"),
-        ("empty id", client.post(&url).header("content-type", json).body(job("", json!(null))), 400, "invalid_job"),
-        ("non-UTF-8", client.post(&url).header("content-type", json).body(vec![b'{', 0xc3, 0x28]), 400, "invalid_utf8"),
-        ("wrong content type", client.post(&url).header("content-type", "text/csv").body("a,b"), 415, "unsupported_media_type"),
+        (
+            "invalid JSON",
+            client.post(&url).header("content-type", json).body("{"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "not a job",
+            client
+                .post(&url)
+                .header("content-type", json)
+                .body(r#"{"x": 1}"#),
+            400,
+            "invalid_json",
+        ),
+        (
+            "empty id",
+            client
+                .post(&url)
+                .header("content-type", json)
+                .body(job("", json!(null))),
+            400,
+            "invalid_job",
+        ),
+        (
+            "non-UTF-8",
+            client
+                .post(&url)
+                .header("content-type", json)
+                .body(vec![b'{', 0xc3, 0x28]),
+            400,
+            "invalid_utf8",
+        ),
+        (
+            "wrong content type",
+            client
+                .post(&url)
+                .header("content-type", "text/csv")
+                .body("a,b"),
+            415,
+            "unsupported_media_type",
+        ),
         ("wrong method", client.get(&url), 405, "method_not_allowed"),
-        ("unknown route", client.post(bridge.publish_url("/v2/x")), 404, "not_found"),
+        (
+            "unknown route",
+            client.post(bridge.publish_url("/v2/x")),
+            404,
+            "not_found",
+        ),
     ];
     for (what, request, status, code) in cases {
         let response = request.send().await?;
@@ -105,7 +156,11 @@ async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Resu
     let url = worker.url();
     let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
 
-    for (id, answers) in [("ok", json!([200])), ("poison", json!([400])), ("flaky", json!([500, 200]))] {
+    for (id, answers) in [
+        ("ok", json!([200])),
+        ("poison", json!([400])),
+        ("flaky", json!([500, 200])),
+    ] {
         let response = publish(&bridge, job(id, json!({ "answers": answers }))).await?;
         assert_eq!(response.status(), 202, "{id}");
     }
@@ -126,17 +181,39 @@ async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Resu
     );
     let q = [("queue", queue.as_str())];
     bridge
-        .wait_metric("host_bridge_jobs_total", &[q[0], ("outcome", "acked")], 2.0, Duration::from_secs(10))
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &[q[0], ("outcome", "acked")],
+            2.0,
+            Duration::from_secs(10),
+        )
         .await;
-    assert_eq!(bridge.metric("host_bridge_jobs_total", &[q[0], ("outcome", "requeued")]).await, 1.0);
-    assert_eq!(bridge.metric("host_bridge_jobs_total", &[q[0], ("outcome", "dead_lettered")]).await, 1.0);
+    assert_eq!(
+        bridge
+            .metric("host_bridge_jobs_total", &[q[0], ("outcome", "requeued")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        bridge
+            .metric(
+                "host_bridge_jobs_total",
+                &[q[0], ("outcome", "dead_lettered")]
+            )
+            .await,
+        1.0
+    );
 
     // The poison job is in the dead-letter queue, once, and nothing is left.
     let inspector = Inspector::connect().await?;
-    let dead = e2e::eventually("the poison job in the dead-letter queue", Duration::from_secs(10), || async {
-        let dead = inspector.drain(&format!("{queue}.dead")).await.ok()?;
-        (!dead.is_empty()).then_some(dead)
-    })
+    let dead = e2e::eventually(
+        "the poison job in the dead-letter queue",
+        Duration::from_secs(10),
+        || async {
+            let dead = inspector.drain(&format!("{queue}.dead")).await.ok()?;
+            (!dead.is_empty()).then_some(dead)
+        },
+    )
     .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(job::Job::from_body(&dead[0].data)?.id, "poison");
@@ -148,9 +225,12 @@ async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_and_prompt_503_while_the_broker_is_unreachable() -> Result<()> {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
     let amqp = format!("amqp://guest:guest@{closed}/%2f");
-    let bridge = RunningBridge::start(&["--amqp-url", &amqp, "--queue", &unique_queue("down")]).await?;
+    let bridge =
+        RunningBridge::start(&["--amqp-url", &amqp, "--queue", &unique_queue("down")]).await?;
     let (status, body) = bridge.admin("/readyz").await?;
     assert_eq!(status, 503);
     assert!(body.contains("not connected"), "{body}");
@@ -159,9 +239,14 @@ async fn not_ready_and_prompt_503_while_the_broker_is_unreachable() -> Result<()
     let response = publish(&bridge, job("j", json!(null))).await?;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
-    assert_eq!(response.json::<job::ErrorBody>().await?.error, "broker_unavailable");
     assert_eq!(
-        bridge.metric("host_bridge_published_total", &[("outcome", "failed")]).await,
+        response.json::<job::ErrorBody>().await?.error,
+        "broker_unavailable"
+    );
+    assert_eq!(
+        bridge
+            .metric("host_bridge_published_total", &[("outcome", "failed")])
+            .await,
         1.0
     );
     assert_eq!(bridge.metric("host_bridge_broker_up", &[]).await, 0.0);
@@ -174,22 +259,51 @@ async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<(
     let queue = unique_queue("drain");
     let mut worker = StandIn::start().await?;
     let url = worker.url();
-    let mut bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url, "--shutdown-grace", "20s"]).await?;
-    assert_eq!(publish(&bridge, job("slow", json!({"delay_ms": 1500}))).await?.status(), 202);
+    let mut bridge = RunningBridge::start_ready(&[
+        "--queue",
+        &queue,
+        "--worker-url",
+        &url,
+        "--shutdown-grace",
+        "20s",
+    ])
+    .await?;
+    assert_eq!(
+        publish(&bridge, job("slow", json!({"delay_ms": 1500})))
+            .await?
+            .status(),
+        202
+    );
     bridge
-        .wait_metric("host_bridge_jobs_in_flight", &[], 1.0, Duration::from_secs(10))
+        .wait_metric(
+            "host_bridge_jobs_in_flight",
+            &[],
+            1.0,
+            Duration::from_secs(10),
+        )
         .await;
 
     // What SIGTERM does: stop taking work, drain, close.
     let stopping = std::time::Instant::now();
     bridge.begin_stop();
     let push = worker.next_push(Duration::from_secs(20)).await;
-    assert_eq!((push.id.as_str(), push.attempt, push.status), ("slow", 1, 200));
+    assert_eq!(
+        (push.id.as_str(), push.attempt, push.status),
+        ("slow", 1, 200)
+    );
     let metrics = bridge.metrics.clone();
     bridge.join().await;
     // It stopped because the work was done, not because the deadline passed.
-    assert!(stopping.elapsed() < Duration::from_secs(20), "{:?}", stopping.elapsed());
-    let acked = e2e::metric_value(&metrics.encode(), "host_bridge_jobs_total", &[("outcome", "acked")]);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let acked = e2e::metric_value(
+        &metrics.encode(),
+        "host_bridge_jobs_total",
+        &[("outcome", "acked")],
+    );
     assert_eq!(acked, 1.0, "acked before the bridge stopped");
 
     // Acked exactly once: nothing returned to the queue, no second push.
@@ -208,7 +322,12 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
     let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
     assert_eq!(publish(&bridge, job("m", json!(null))).await?.status(), 202);
     bridge
-        .wait_metric("host_bridge_jobs_total", &[("outcome", "acked")], 1.0, Duration::from_secs(10))
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &[("outcome", "acked")],
+            1.0,
+            Duration::from_secs(10),
+        )
         .await;
     let text = bridge.scrape().await?;
     for family in [
@@ -220,9 +339,17 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
         "host_bridge_queue_messages",
         "host_bridge_broker_up",
     ] {
-        assert!(text.lines().any(|l| l.starts_with(family)), "{family} missing:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "{family} missing:\n{text}"
+        );
     }
-    assert!(text.contains(&format!(r#"host_bridge_queue_messages{{queue="{queue}",state="ready"}}"#)), "{text}");
+    assert!(
+        text.contains(&format!(
+            r#"host_bridge_queue_messages{{queue="{queue}",state="ready"}}"#
+        )),
+        "{text}"
+    );
     assert_eq!(bridge.metric("host_bridge_broker_up", &[]).await, 1.0);
     let inspector = Inspector::connect().await?;
     bridge.stop().await;

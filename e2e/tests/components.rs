@@ -27,9 +27,14 @@ fn components_import_only_wasi_interfaces() -> Result<()> {
         let imports = wasm::imports(name)?;
         assert!(!imports.is_empty(), "{name} imports nothing?");
         let foreign: Vec<_> = imports.iter().filter(|i| !i.starts_with("wasi:")).collect();
-        assert!(foreign.is_empty(), "{name} imports non-WASI interfaces: {foreign:?}");
+        assert!(
+            foreign.is_empty(),
+            "{name} imports non-WASI interfaces: {foreign:?}"
+        );
         // The proxy world's outbound HTTP is only for the producer.
-        let outbound = imports.iter().any(|i| i.starts_with("wasi:http/outgoing-handler"));
+        let outbound = imports
+            .iter()
+            .any(|i| i.starts_with("wasi:http/outgoing-handler"));
         assert_eq!(outbound, name == "producer", "{name}: {imports:?}");
     }
     Ok(())
@@ -45,7 +50,10 @@ async fn generate_answers_202_only_once_the_broker_holds_the_job() -> Result<()>
 
     let get = client.get(producer.url("/generate")).send().await?;
     assert_eq!(get.status(), 202);
-    let get_id = get.json::<Value>().await?["id"].as_str().unwrap_or_default().to_owned();
+    let get_id = get.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let post = client
         .post(producer.url("/generate"))
         .header("content-type", "application/json")
@@ -53,7 +61,10 @@ async fn generate_answers_202_only_once_the_broker_holds_the_job() -> Result<()>
         .send()
         .await?;
     assert_eq!(post.status(), 202);
-    let post_id = post.json::<Value>().await?["id"].as_str().unwrap_or_default().to_owned();
+    let post_id = post.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_ne!(get_id, post_id);
 
     // A 202 means confirmed, so both are in the queue already: no waiting.
@@ -66,25 +77,47 @@ async fn generate_answers_202_only_once_the_broker_holds_the_job() -> Result<()>
     assert_eq!(jobs[0].id, get_id);
     assert_eq!(jobs[0].payload, None);
     assert_eq!(jobs[1].id, post_id);
-    assert_eq!(jobs[1].payload, Some(serde_json::json!({"image": "cat.png"})));
-    assert!(humantime::parse_rfc3339(&jobs[0].created_at).is_ok(), "{}", jobs[0].created_at);
-    let message_id = messages[0].properties.message_id().as_ref().map(ToString::to_string);
+    assert_eq!(
+        jobs[1].payload,
+        Some(serde_json::json!({"image": "cat.png"}))
+    );
+    assert!(
+        humantime::parse_rfc3339(&jobs[0].created_at).is_ok(),
+        "{}",
+        jobs[0].created_at
+    );
+    let message_id = messages[0]
+        .properties
+        .message_id()
+        .as_ref()
+        .map(ToString::to_string);
     assert_eq!(message_id.as_deref(), Some(get_id.as_str()));
 
     // The producer reports its answers to the bridge after answering.
     let labels = [("route", "/generate"), ("status", "202")];
     bridge
-        .wait_metric("host_bridge_producer_responses_total", &labels, 2.0, Duration::from_secs(10))
+        .wait_metric(
+            "host_bridge_producer_responses_total",
+            &labels,
+            2.0,
+            Duration::from_secs(10),
+        )
         .await;
     assert_eq!(
         bridge
-            .metric("host_bridge_producer_requests_total", &[("route", "/generate"), ("method", "POST")])
+            .metric(
+                "host_bridge_producer_requests_total",
+                &[("route", "/generate"), ("method", "POST")]
+            )
             .await,
         1.0
     );
     assert_eq!(
         bridge
-            .metric("host_bridge_published_total", &[("queue", &queue), ("outcome", "confirmed")])
+            .metric(
+                "host_bridge_published_total",
+                &[("queue", &queue), ("outcome", "confirmed")]
+            )
             .await,
         2.0
     );
@@ -105,13 +138,60 @@ async fn producer_refuses_bad_input_with_json_errors_and_publishes_nothing() -> 
     let oversized = format!(r#"{{"payload": "{}"}}"#, "x".repeat(job::MAX_BODY_BYTES));
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("invalid JSON", client.post(&url).header("content-type", json).body("{nope"), 400, "invalid_json"),
-        ("unknown field", client.post(&url).header("content-type", json).body(r#"{"pay": 1}"#), 400, "invalid_json"),
-        ("non-UTF-8", client.post(&url).header("content-type", json).body(vec![b'"', 0xff, b'"']), 400, "invalid_utf8"),
-        ("wrong content type", client.post(&url).header("content-type", "text/plain").body("{}"), 415, "unsupported_media_type"),
-        ("wrong method", client.put(&url).body("{}"), 405, "method_not_allowed"),
-        ("oversized", client.post(&url).header("content-type", json).body(oversized), 413, "payload_too_large"),
-        ("unknown route", client.get(producer.url("/nope")), 404, "not_found"),
+        (
+            "invalid JSON",
+            client.post(&url).header("content-type", json).body("{nope"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown field",
+            client
+                .post(&url)
+                .header("content-type", json)
+                .body(r#"{"pay": 1}"#),
+            400,
+            "invalid_json",
+        ),
+        (
+            "non-UTF-8",
+            client
+                .post(&url)
+                .header("content-type", json)
+                .body(vec![b'"', 0xff, b'"']),
+            400,
+            "invalid_utf8",
+        ),
+        (
+            "wrong content type",
+            client
+                .post(&url)
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "wrong method",
+            client.put(&url).body("{}"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "oversized",
+            client
+                .post(&url)
+                .header("content-type", json)
+                .body(oversized),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "unknown route",
+            client.get(producer.url("/nope")),
+            404,
+            "not_found",
+        ),
     ];
     let count = cases.len();
     for (what, request, status, code) in cases {
@@ -126,7 +206,12 @@ async fn producer_refuses_bad_input_with_json_errors_and_publishes_nothing() -> 
     }
     // Every answer was reported, and nothing was published.
     bridge
-        .wait_metric("host_bridge_producer_requests_total", &[], count as f64, Duration::from_secs(10))
+        .wait_metric(
+            "host_bridge_producer_requests_total",
+            &[],
+            count as f64,
+            Duration::from_secs(10),
+        )
         .await;
     assert_eq!(bridge.metric("host_bridge_published_total", &[]).await, 0.0);
     assert_eq!(inspector.ready(&queue).await?, 0);
@@ -138,9 +223,15 @@ async fn producer_refuses_bad_input_with_json_errors_and_publishes_nothing() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_answers_503_with_retry_after_when_the_bridge_is_down() -> Result<()> {
     // A port that was just free: nothing listens there.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
     let url = format!("http://{closed}/v1/publish");
-    let producer = wasm::serve("producer", &[("BRIDGE_PUBLISH_URL", &url), ("BRIDGE_OBSERVE_URL", &url)]).await?;
+    let producer = wasm::serve(
+        "producer",
+        &[("BRIDGE_PUBLISH_URL", &url), ("BRIDGE_OBSERVE_URL", &url)],
+    )
+    .await?;
     let response = reqwest::get(producer.url("/generate")).await?;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
@@ -162,10 +253,18 @@ async fn worker_does_the_work_and_refuses_what_it_cannot_parse() -> Result<()> {
     // It really waited (on a WASI clock) for the configured duration.
     assert!(result.worked_ms >= 150, "{result:?}");
 
-    let poison = client.post(worker.url("/work")).body("not a job").send().await?;
+    let poison = client
+        .post(worker.url("/work"))
+        .body("not a job")
+        .send()
+        .await?;
     assert_eq!(poison.status(), 400);
     assert_eq!(poison.json::<job::ErrorBody>().await?.error, "invalid_json");
-    let no_id = client.post(worker.url("/work")).body(r#"{"id": "", "created_at": ""}"#).send().await?;
+    let no_id = client
+        .post(worker.url("/work"))
+        .body(r#"{"id": "", "created_at": ""}"#)
+        .send()
+        .await?;
     assert_eq!(no_id.status(), 400);
     let get = client.get(worker.url("/work")).send().await?;
     assert_eq!(get.status(), 405);
@@ -173,7 +272,11 @@ async fn worker_does_the_work_and_refuses_what_it_cannot_parse() -> Result<()> {
 
     // A bad setting is the worker's fault, not the job's: 5xx, so it is retried.
     let misconfigured = wasm::serve("worker", &[("WORK_DURATION_MS", "soon")]).await?;
-    let response = client.post(misconfigured.url("/work")).body(job).send().await?;
+    let response = client
+        .post(misconfigured.url("/work"))
+        .body(job)
+        .send()
+        .await?;
     assert_eq!(response.status(), 500);
     assert_eq!(response.json::<job::ErrorBody>().await?.error, "bad_config");
     Ok(())

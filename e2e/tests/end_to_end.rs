@@ -53,7 +53,9 @@ async fn every_accepted_job_is_processed_by_the_wasm_worker() -> Result<()> {
     while !accepted.iter().all(|id| processed.contains_key(id)) {
         let answer = tokio::time::timeout(Duration::from_secs(30), worker.answers.recv())
             .await
-            .map_err(|_| anyhow::anyhow!("no worker answer in 30 s; processed {}", processed.len()))?
+            .map_err(|_| {
+                anyhow::anyhow!("no worker answer in 30 s; processed {}", processed.len())
+            })?
             .ok_or_else(|| anyhow::anyhow!("worker stopped"))?;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         let result: job::WorkResult = serde_json::from_slice(&answer.body)?;
@@ -61,13 +63,24 @@ async fn every_accepted_job_is_processed_by_the_wasm_worker() -> Result<()> {
     }
     // ...and on the bridge having acked each of them.
     bridge
-        .wait_metric("host_bridge_jobs_total", &[("queue", &queue), ("outcome", "acked")], JOBS as f64, Duration::from_secs(10))
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &[("queue", &queue), ("outcome", "acked")],
+            JOBS as f64,
+            Duration::from_secs(10),
+        )
         .await;
     let elapsed = started.elapsed();
 
-    let lost = accepted.iter().filter(|id| !processed.contains_key(*id)).count();
+    let lost = accepted
+        .iter()
+        .filter(|id| !processed.contains_key(*id))
+        .count();
     let duplicates: usize = processed.values().map(|n| n - 1).sum();
-    let unexpected = processed.keys().filter(|id| !accepted.contains(*id)).count();
+    let unexpected = processed
+        .keys()
+        .filter(|id| !accepted.contains(*id))
+        .count();
     println!(
         "end-to-end: sent {JOBS}, accepted {}, refused {refused}, processed {}, duplicates {duplicates}, lost {lost}, in {elapsed:?}",
         accepted.len(),

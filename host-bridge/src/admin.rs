@@ -70,7 +70,10 @@ struct AdminState {
 pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "ok": true })) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+        )
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found() })
         .with_state(AdminState { metrics, readiness })

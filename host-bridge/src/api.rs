@@ -150,13 +150,18 @@ mod tests {
         let err = read_json_body(None, chunked(), 8).await.unwrap_err();
         assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let body = chunked();
-        assert_eq!(read_json_body(None, body, 64).await.unwrap(), b"{\"a\":1234567890}");
+        assert_eq!(
+            read_json_body(None, body, 64).await.unwrap(),
+            b"{\"a\":1234567890}"
+        );
     }
 
     #[tokio::test]
     async fn wrong_content_type_is_415() {
         let ct = HeaderValue::from_static("text/plain");
-        let err = read_json_body(Some(&ct), Body::empty(), 8).await.unwrap_err();
+        let err = read_json_body(Some(&ct), Body::empty(), 8)
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 }

@@ -107,7 +107,10 @@ impl Topology {
         // caller) instead of silently dropping the oldest message, and it is
         // what at-least-once dead-lettering requires.
         args.insert("x-overflow".into(), long_string("reject-publish"));
-        args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
         if let Some(max) = self.max_length {
             args.insert("x-max-length".into(), AMQPValue::LongLongInt(max.into()));
         }
@@ -412,9 +415,15 @@ mod tests {
         let second = backoff.next_delay();
         assert!((Duration::from_millis(100)..=Duration::from_millis(200)).contains(&second));
         let later: Vec<_> = (0..40).map(|_| backoff.next_delay()).collect();
-        assert!(later.iter().all(|d| *d <= Duration::from_secs(2)), "{later:?}");
+        assert!(
+            later.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{later:?}"
+        );
         // From the 6th attempt on, the ceiling is the cap: 1 s to 2 s.
-        assert!(later[4..].iter().all(|d| *d >= Duration::from_secs(1)), "{later:?}");
+        assert!(
+            later[4..].iter().all(|d| *d >= Duration::from_secs(1)),
+            "{later:?}"
+        );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
     }

@@ -225,7 +225,9 @@ mod tests {
         assert_eq!(err.setting, "--worker-url");
         let err = parse(&["--amqp-url", "http://x"]).validate().unwrap_err();
         assert_eq!(err.setting, "--amqp-url");
-        let err = parse(&["--publish-addr", "0.0.0.0:9090"]).validate().unwrap_err();
+        let err = parse(&["--publish-addr", "0.0.0.0:9090"])
+            .validate()
+            .unwrap_err();
         assert_eq!(err.setting, "--publish-addr");
         // A consume-only bridge doesn't care about the worker URL's clash.
         parse(&["--roles", "publish", "--worker-url", "nope"])

@@ -285,8 +285,14 @@ mod tests {
         metrics.publish_done("q", PublishOutcome::Confirmed, Instant::now());
         metrics.job_done("q", JobOutcome::DeadLettered);
         let text = metrics.encode();
-        assert!(text.contains(r#"host_bridge_published_total{outcome="confirmed",queue="q"} 1"#), "{text}");
-        assert!(text.contains(r#"host_bridge_jobs_total{outcome="dead_lettered",queue="q"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"host_bridge_published_total{outcome="confirmed",queue="q"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"host_bridge_jobs_total{outcome="dead_lettered",queue="q"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("host_bridge_publish_duration_seconds_bucket"));
         for family in metrics.registry.gather() {
             let name = family.name();

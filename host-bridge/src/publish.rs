@@ -179,7 +179,11 @@ async fn publish(
         }
         Err(e) => {
             warn!(id = %job.id, error = %e, "publish not confirmed");
-            Err(ApiError::unavailable(e.code(), e.to_string(), api.retry_after))
+            Err(ApiError::unavailable(
+                e.code(),
+                e.to_string(),
+                api.retry_after,
+            ))
         }
     }
 }
@@ -199,7 +203,11 @@ const ROUTES: &[&str] = &["/generate"];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 fn closed_label<'a>(value: &'a str, allowed: &[&'static str]) -> &'a str {
-    if allowed.contains(&value) { value } else { "other" }
+    if allowed.contains(&value) {
+        value
+    } else {
+        "other"
+    }
 }
 
 async fn observe(

@@ -204,13 +204,13 @@ mod tests {
 
     #[test]
     fn job_ids_are_checked() {
-        let long = format!(r#"{{"id":"{}","created_at":"x"}}"#, "a".repeat(MAX_ID_LEN + 1));
+        let long = format!(
+            r#"{{"id":"{}","created_at":"x"}}"#,
+            "a".repeat(MAX_ID_LEN + 1)
+        );
         assert_eq!(Job::from_body(long.as_bytes()).unwrap_err().status(), 400);
         let empty = br#"{"id":"","created_at":"x"}"#;
-        assert_eq!(
-            Job::from_body(empty).unwrap_err().code(),
-            "invalid_job"
-        );
+        assert_eq!(Job::from_body(empty).unwrap_err().code(), "invalid_job");
         let control = br#"{"id":"a\nb","created_at":"x"}"#;
         assert!(Job::from_body(control).is_err());
     }

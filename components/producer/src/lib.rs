@@ -12,11 +12,10 @@ use std::time::SystemTime;
 
 use futures::SinkExt;
 use job::{BodyError, ErrorBody, GenerateRequest, Job};
-use spin_sdk::http_component;
 use spin_sdk::http::{
-    Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam,
-    send,
+    Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam, send,
 };
+use spin_sdk::http_component;
 
 /// The bridge's publish endpoint. Set in spin.toml `[component.producer]
 /// environment`, or with `--env` under `wasmtime serve`.
@@ -83,7 +82,11 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
 async fn answer(req: IncomingRequest, method: &Method) -> Answer {
     let path = req.path_with_query().unwrap_or_default();
     if path.split('?').next() != Some(GENERATE) {
-        return Answer::error(404, "not_found", format!("no route for {path}; try {GENERATE}"));
+        return Answer::error(
+            404,
+            "not_found",
+            format!("no route for {path}; try {GENERATE}"),
+        );
     }
     let generate = match method {
         Method::Get => GenerateRequest::default(),
@@ -118,7 +121,11 @@ async fn read_generate_request(req: IncomingRequest) -> Result<GenerateRequest, 
     let mut body = Vec::new();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
         let chunk = chunk.map_err(|e| {
-            Answer::error(400, "body_read_failed", format!("could not read the body: {e}"))
+            Answer::error(
+                400,
+                "body_read_failed",
+                format!("could not read the body: {e}"),
+            )
         })?;
         body.extend_from_slice(&chunk);
         job::check_size(body.len())?;
@@ -207,7 +214,8 @@ async fn respond(out: ResponseOutparam, answer: Answer) {
 /// counters.
 async fn observe(route: &str, method: &Method, status: u16) {
     let url = env_or(OBSERVE_URL_ENV, DEFAULT_OBSERVE_URL);
-    let body = serde_json::json!({ "route": route, "method": method.to_string(), "status": status });
+    let body =
+        serde_json::json!({ "route": route, "method": method.to_string(), "status": status });
     let request = Request::post(&url, body.to_string())
         .header("content-type", "application/json")
         .build();
@@ -229,7 +237,7 @@ fn route_label(path_with_query: &str) -> &'static str {
 /// The first value of a header, if it is UTF-8.
 fn header(fields: &Fields, name: &str) -> Option<String> {
     fields
-        .get(&name.to_owned())
+        .get(name)
         .into_iter()
         .next()
         .and_then(|v| String::from_utf8(v).ok())

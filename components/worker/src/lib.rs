@@ -46,7 +46,10 @@ fn handle(req: Request) -> impl IntoResponse {
         id: job.id,
         worked_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
-    eprintln!("worker: finished job {} in {} ms", result.id, result.worked_ms);
+    eprintln!(
+        "worker: finished job {} in {} ms",
+        result.id, result.worked_ms
+    );
     Response::builder()
         .status(200)
         .header("content-type", "application/json")
