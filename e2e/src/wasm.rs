@@ -212,7 +212,9 @@ impl Host {
             Ok(Err(e)) => bail!("the guest answered with an error: {e:?}"),
             Err(_) => match guest.await {
                 Ok(Err(e)) => {
-                    return Err(anyhow::Error::from(e).context("the guest trapped before answering"));
+                    return Err(
+                        anyhow::Error::from(e).context("the guest trapped before answering")
+                    );
                 }
                 _ => bail!("the guest never answered"),
             },

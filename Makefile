@@ -1,0 +1,84 @@
+# Every task of the project. `make` lists them.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+WASM_TARGET ?= wasm32-wasip2
+AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
+WASMTIME_VERSION ?= 48.0.8
+TOOLS ?= $(CURDIR)/.tools
+WORK_DURATION_MS ?= 5000
+
+export AMQP_URL
+
+# wasmtime-cli at the pinned version: the one on PATH if it matches, else a
+# project-local install under .tools/.
+WASMTIME := $(shell command -v wasmtime >/dev/null 2>&1 && wasmtime --version | grep -q ' $(WASMTIME_VERSION) ' && echo wasmtime || echo $(TOOLS)/bin/wasmtime)
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Set-up
+
+.PHONY: wasm-target
+wasm-target: ## Add the wasm32-wasip2 Rust target if missing
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+.PHONY: rabbitmq
+rabbitmq: ## Make sure RabbitMQ answers at AMQP_URL (start or install it locally)
+	@scripts/rabbitmq.sh
+
+.PHONY: wasmtime
+wasmtime: ## Install wasmtime-cli $(WASMTIME_VERSION) under .tools/ unless it is on PATH
+	@if [ "$(WASMTIME)" = wasmtime ] || [ -x "$(TOOLS)/bin/wasmtime" ]; then \
+	  echo "wasmtime: $$($(WASMTIME) --version)"; \
+	else \
+	  echo "wasmtime: installing wasmtime-cli $(WASMTIME_VERSION) (a few minutes, once)"; \
+	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(TOOLS) --target-dir target/tools; \
+	fi
+
+##@ Build
+
+.PHONY: wasm
+wasm: wasm-target ## Build the producer and worker components (.wasm)
+	$(CARGO) build -p producer -p worker --target $(WASM_TARGET) --release
+
+.PHONY: bridge
+bridge: ## Build host-bridge (release)
+	$(CARGO) build -p host-bridge --release
+
+.PHONY: build
+build: wasm bridge ## Build everything
+
+##@ Run
+
+.PHONY: up
+up: build rabbitmq ## Run the local path: RabbitMQ, host-bridge, components (spin, else wasmtime serve)
+	@command -v spin >/dev/null 2>&1 || $(MAKE) --no-print-directory wasmtime
+	WASMTIME=$(WASMTIME) WORK_DURATION_MS=$(WORK_DURATION_MS) scripts/up.sh
+
+##@ Test
+
+.PHONY: test
+test: check-make wasm rabbitmq lint ## Lint, then every test against the real RabbitMQ and the real .wasm
+	$(CARGO) test --workspace --exclude producer --exclude worker
+
+.PHONY: lint
+lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p producer -p worker --target $(WASM_TARGET) -- -D warnings
+
+.PHONY: check-make
+check-make: ## Dry-run every target, to catch Makefile drift
+	@for t in wasm-target rabbitmq wasmtime wasm bridge build up test lint clean; do \
+	  $(MAKE) -n $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
+
+##@ Clean
+
+.PHONY: clean
+clean: ## Remove build output
+	$(CARGO) clean

@@ -1,0 +1,97 @@
+//! spin.toml agrees with the code: the components' sources, their
+//! environment (which they read, and only that), the producer's outbound
+//! allow-list (exactly the bridge's publish address) and the routes the
+//! bridge pushes to.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use toml::Value;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn manifest() -> Result<Value> {
+    let text = std::fs::read_to_string(format!("{ROOT}/spin.toml")).context("spin.toml")?;
+    Ok(toml::from_str(&text)?)
+}
+
+/// The environment variable names a component's source reads, from its
+/// `*_ENV: &str = "..."` constants.
+fn env_names_read_by(component: &str) -> Result<BTreeSet<String>> {
+    let source = std::fs::read_to_string(format!("{ROOT}/components/{component}/src/lib.rs"))?;
+    Ok(source
+        .lines()
+        .filter(|l| l.trim_start().starts_with("const ") && l.contains("_ENV: &str"))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn components_get_exactly_the_environment_they_read() -> Result<()> {
+    let manifest = manifest()?;
+    for name in ["producer", "worker"] {
+        let component = &manifest["component"][name];
+        let source = component["source"].as_str().unwrap_or_default();
+        assert_eq!(source, format!("target/wasm32-wasip2/release/{name}.wasm"));
+        let given: BTreeSet<String> = component["environment"]
+            .as_table()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(given, env_names_read_by(name)?, "{name}'s environment");
+    }
+    Ok(())
+}
+
+#[test]
+fn producer_may_reach_exactly_the_bridge() -> Result<()> {
+    let manifest = manifest()?;
+    let producer = &manifest["component"]["producer"];
+    let allowed: Vec<&str> = producer["allowed_outbound_hosts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let bridge = host_bridge::Config::try_parse_from(["host-bridge"])?;
+    let origin = format!("http://{}", bridge.publish_addr);
+    assert_eq!(allowed, vec![origin.as_str()]);
+    for (key, path) in [
+        ("BRIDGE_PUBLISH_URL", "/v1/publish"),
+        ("BRIDGE_OBSERVE_URL", "/v1/observe"),
+    ] {
+        assert_eq!(
+            producer["environment"][key].as_str(),
+            Some(format!("{origin}{path}").as_str())
+        );
+    }
+    let worker = &manifest["component"]["worker"];
+    assert_eq!(
+        worker["allowed_outbound_hosts"].as_array().map(Vec::len),
+        Some(0)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_bridge_pushes_to_the_workers_route() -> Result<()> {
+    let manifest = manifest()?;
+    let routes: Vec<(String, String)> = manifest["trigger"]["http"]
+        .as_array()
+        .context("[[trigger.http]]")?
+        .iter()
+        .map(|t| {
+            let get = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+            (get("route"), get("component"))
+        })
+        .collect();
+    assert!(
+        routes.contains(&("/generate".into(), "producer".into())),
+        "{routes:?}"
+    );
+    let bridge = host_bridge::Config::try_parse_from(["host-bridge"])?;
+    let worker_path = reqwest::Url::parse(&bridge.worker_url)?.path().to_owned();
+    assert!(
+        routes.contains(&(worker_path, "worker".into())),
+        "{routes:?}"
+    );
+    Ok(())
+}
