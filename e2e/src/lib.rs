@@ -8,6 +8,8 @@
 
 pub mod amqp;
 pub mod bridge;
+pub mod private_broker;
+pub mod process;
 pub mod standin;
 pub mod wasm;
 

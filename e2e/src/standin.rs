@@ -1,9 +1,13 @@
 //! A stand-in worker for faults that are the worker's: it answers each job
 //! as the job's payload scripts it, and reports every push it received.
 //!
-//! Payload keys: `answers` (a list of statuses, one per delivery of that
-//! job, the last repeating; default `[200]`) and `delay_ms` (wait before
-//! answering, to play a slow or hanging worker).
+//! Payload keys, all optional:
+//! - `answers`: statuses, one per delivery of that job, the last repeating
+//!   (default `[200]`);
+//! - `delays_ms`: waits before answering, one per delivery, the last
+//!   repeating, to play a slow or hanging worker (default no wait);
+//! - `fail_percent`: answer 503 to about this share of deliveries, chosen by
+//!   a hash of (id, attempt) so that a run is reproducible.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +35,7 @@ pub struct Push {
 #[derive(Clone)]
 struct Shared {
     attempts: Arc<Mutex<HashMap<String, usize>>>,
+    received: mpsc::UnboundedSender<(String, usize)>,
     pushes: mpsc::UnboundedSender<Push>,
 }
 
@@ -38,6 +43,8 @@ struct Shared {
 pub struct StandIn {
     /// Its address; push URL is `http://{addr}/work`.
     pub addr: SocketAddr,
+    /// Every push as it arrives: (id, attempt).
+    pub received: mpsc::UnboundedReceiver<(String, usize)>,
     /// Every push, in order of answer.
     pub pushes: mpsc::UnboundedReceiver<Push>,
 }
@@ -46,15 +53,21 @@ impl StandIn {
     /// Starts one on 127.0.0.1:0.
     pub async fn start() -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (received_tx, received) = mpsc::unbounded_channel();
         let shared = Shared {
             attempts: Arc::default(),
+            received: received_tx,
             pushes: tx,
         };
         let router = Router::new().route("/work", post(work)).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, router).await });
-        Ok(Self { addr, pushes: rx })
+        Ok(Self {
+            addr,
+            received,
+            pushes: rx,
+        })
     }
 
     /// The URL to give the bridge as `--worker-url`.
@@ -67,6 +80,14 @@ impl StandIn {
         tokio::time::timeout(limit, self.pushes.recv())
             .await
             .unwrap_or_else(|_| panic!("no push to the stand-in worker within {limit:?}"))
+            .expect("the stand-in worker is running")
+    }
+
+    /// The next push to arrive (before it is answered), waiting at most `limit`.
+    pub async fn next_received(&mut self, limit: Duration) -> (String, usize) {
+        tokio::time::timeout(limit, self.received.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no push arrived at the stand-in worker within {limit:?}"))
             .expect("the stand-in worker is running")
     }
 }
@@ -83,16 +104,21 @@ async fn work(State(shared): State<Shared>, body: Bytes) -> StatusCode {
         *n += 1;
         *n
     };
-    let answers: Vec<u16> = payload
-        .get("answers")
-        .and_then(|a| serde_json::from_value(a.clone()).ok())
-        .unwrap_or_else(|| vec![200]);
-    let status = answers
-        .get(attempt - 1)
-        .or(answers.last())
-        .copied()
-        .unwrap_or(200);
-    if let Some(ms) = payload.get("delay_ms").and_then(|d| d.as_u64()) {
+    let _ = shared.received.send((id.clone(), attempt));
+    let mut status = per_attempt(&payload, "answers", attempt).unwrap_or(200) as u16;
+    let fail_percent = payload
+        .get("fail_percent")
+        .and_then(|p| p.as_u64())
+        .unwrap_or(0);
+    if fail_percent > 0 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(&id, attempt), &mut hasher);
+        if std::hash::Hasher::finish(&hasher) % 100 < fail_percent {
+            status = 503;
+        }
+    }
+    if let Some(ms) = per_attempt(&payload, "delays_ms", attempt) {
+        // The scripted slowness itself: this is the fault being played.
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let _ = shared.pushes.send(Push {
@@ -101,4 +127,11 @@ async fn work(State(shared): State<Shared>, body: Bytes) -> StatusCode {
         status,
     });
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The `attempt`th entry (from 1) of the list `key` in `payload`, the last
+/// one repeating.
+fn per_attempt(payload: &serde_json::Value, key: &str, attempt: usize) -> Option<u64> {
+    let list = payload.get(key)?.as_array()?;
+    list.get(attempt - 1).or(list.last())?.as_u64()
 }

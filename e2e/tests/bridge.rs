@@ -269,7 +269,7 @@ async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<(
     ])
     .await?;
     assert_eq!(
-        publish(&bridge, job("slow", json!({"delay_ms": 1500})))
+        publish(&bridge, job("slow", json!({"delays_ms": [1500]})))
             .await?
             .status(),
         202

@@ -21,7 +21,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,9 +85,26 @@ pub enum ConsumeError {
     Ended,
 }
 
+/// How many times a delivery was returned before, from the quorum queue's
+/// `x-delivery-count` header (absent on the first delivery).
+pub fn previous_deliveries(delivery: &Delivery) -> u64 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(*n),
+        _ => 0,
+    }
+}
+
 /// Pushes deliveries to the worker.
 pub struct Worker {
     queue: String,
+    delivery_limit: u64,
     url: String,
     timeout: Duration,
     prefetch: u16,
@@ -120,7 +137,8 @@ impl Worker {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let span = info_span!("job", %id, redelivered = delivery.redelivered);
+        let previous = previous_deliveries(&delivery);
+        let span = info_span!("job", %id, delivery = previous + 1);
         async {
             let _timer = self.metrics.job_started(&self.queue);
             let started = Instant::now();
@@ -129,8 +147,8 @@ impl Worker {
                 .worker_push_duration
                 .with_label_values(&[result.label()])
                 .observe(started.elapsed().as_secs_f64());
-            let outcome = result.action();
-            let acked = match outcome {
+            let action = result.action();
+            let acked = match action {
                 JobOutcome::Acked => delivery.acker.ack(BasicAckOptions::default()).await,
                 JobOutcome::DeadLettered => {
                     delivery
@@ -147,6 +165,13 @@ impl Worker {
                         })
                         .await
                 }
+            };
+            // A requeue of a delivery that has used up the queue's delivery
+            // limit is the broker's cue to dead-letter it: count it as such.
+            let outcome = if action == JobOutcome::Requeued && previous >= self.delivery_limit {
+                JobOutcome::DeadLettered
+            } else {
+                action
             };
             match acked {
                 Ok(_) => {
@@ -194,6 +219,7 @@ impl ConsumeRole {
         Self {
             worker: Arc::new(Worker {
                 queue: config.queue.clone(),
+                delivery_limit: config.delivery_limit.into(),
                 url: config.worker_url.clone(),
                 timeout: config.job_timeout,
                 prefetch: config.concurrency,

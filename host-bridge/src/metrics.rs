@@ -47,7 +47,8 @@ pub enum JobOutcome {
     Acked,
     /// The worker failed transiently; the delivery went back to the queue.
     Requeued,
-    /// The worker refused the job as bad input; it went to the dead-letter queue.
+    /// The job went to the dead-letter queue: the worker refused it as bad
+    /// input (4xx), or a failed delivery used up the queue's delivery limit.
     DeadLettered,
 }
 

@@ -1,0 +1,143 @@
+//! A private RabbitMQ node that a test starts, stops, kills and restarts: the
+//! real `rabbitmq-server`, on its own ports and data directory, so that a
+//! broker fault hits only that test.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::eventually;
+use crate::process::free_port;
+
+/// The `rabbitmq-server` start script: `RABBITMQ_SERVER`, Debian's path, or
+/// the one on PATH.
+fn server_script() -> PathBuf {
+    if let Some(path) = std::env::var_os("RABBITMQ_SERVER") {
+        return path.into();
+    }
+    let debian = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    if debian.exists() {
+        debian
+    } else {
+        "rabbitmq-server".into()
+    }
+}
+
+/// A running (or stopped) private node. Its data survives restarts, as a
+/// real broker's disk does.
+pub struct PrivateBroker {
+    dir: PathBuf,
+    name: String,
+    port: u16,
+    dist_port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts a node on free ports and waits until AMQP answers.
+    pub async fn start(test: &str) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dist_port = free_port()?;
+        let name = format!("e2e-{test}-{port}");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        // Allow guest from 127.0.0.1 (the default), and nothing else to tune.
+        std::fs::write(dir.join("rabbitmq.conf"), "log.console = false\n")?;
+        let mut broker = Self {
+            dir,
+            name,
+            port,
+            dist_port,
+            child: None,
+        };
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    /// Its AMQP URL.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let d = |sub: &str| self.dir.join(sub);
+        let child = Command::new(server_script())
+            .current_dir(&self.dir)
+            // The node keeps its Erlang cookie in HOME.
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_NODENAME", format!("{}@localhost", self.name))
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d("rabbitmq"))
+            .env("RABBITMQ_PID_FILE", d("pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start rabbitmq-server (is RabbitMQ installed?)")?;
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            "the private broker to accept AMQP",
+            Duration::from_secs(60),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Stops the node cleanly (SIGTERM) and waits for it to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(libc::SIGTERM).await
+    }
+
+    /// Kills the node (SIGKILL): a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(libc::SIGKILL).await
+    }
+
+    /// Starts the stopped node again, on the same ports and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop().await?;
+        }
+        self.spawn().await
+    }
+
+    async fn signal_and_wait(&mut self, signal: libc::c_int) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the broker is not running");
+        };
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+        tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .context("the broker did not exit within 60 s")??;
+        Ok(())
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

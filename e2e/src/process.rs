@@ -1,0 +1,155 @@
+//! Real host-bridge processes, for faults that need a process to die:
+//! SIGKILL mid-job, SIGTERM with a job in flight.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::eventually;
+
+/// The host-bridge binary `cargo build -p host-bridge` leaves (`make test`
+/// builds it), or `BRIDGE_BIN`.
+pub fn bridge_binary() -> PathBuf {
+    std::env::var_os("BRIDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/host-bridge")
+        })
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A host-bridge child process.
+pub struct BridgeProcess {
+    child: Child,
+    /// Its admin server.
+    pub admin_addr: SocketAddr,
+    /// Its publish API (when that role is on).
+    pub publish_addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl BridgeProcess {
+    /// Spawns host-bridge with `args` on free ports, against `amqp_url`.
+    pub async fn spawn(amqp_url: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let binary = bridge_binary();
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build -p host-bridge`",
+                binary.display()
+            );
+        }
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let publish_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let child = Command::new(&binary)
+            .args(args)
+            .env("AMQP_URL", amqp_url)
+            .env("ADMIN_ADDR", admin_addr.to_string())
+            .env("PUBLISH_ADDR", publish_addr.to_string())
+            .env("QUEUE_POLL_INTERVAL", "200ms")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        Ok(Self {
+            child,
+            admin_addr,
+            publish_addr,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// The publish API's URL for `path`.
+    pub fn publish_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.publish_addr)
+    }
+
+    /// GETs an admin path.
+    pub async fn admin(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let response = self
+            .client
+            .get(format!("http://{}{path}", self.admin_addr))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        eventually(
+            "the bridge process to be ready",
+            Duration::from_secs(30),
+            || async { matches!(self.admin("/readyz").await, Ok((200, _))).then_some(()) },
+        )
+        .await;
+    }
+
+    /// One metric's value from its /metrics (0 if it can't be read).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .admin("/metrics")
+            .await
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        crate::metric_value(&text, name, labels)
+    }
+
+    /// Waits until a metric reaches at least `value`.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+        limit: Duration,
+    ) {
+        eventually(&format!("{name}{labels:?} >= {value}"), limit, || async {
+            (self.metric(name, labels).await >= value).then_some(())
+        })
+        .await;
+    }
+
+    /// Sends SIGTERM: what Kubernetes sends on scale-down.
+    pub fn sigterm(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGTERM)
+    }
+
+    /// Sends SIGKILL: a crash, or a grace period that ran out.
+    pub fn sigkill(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGKILL)
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .context("the bridge did not exit in time")?
+            .context("waiting for the bridge")
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = child.id().context("the process has already exited")?;
+    // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    if rc != 0 {
+        bail!(
+            "kill({pid}, {signal}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
