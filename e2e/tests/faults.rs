@@ -286,7 +286,10 @@ async fn b_broker_restarted_during_publishing_every_accepted_job_is_processed() 
             >= 1.0
     );
     // No publish hung: each answered within the confirm timeout and a margin.
-    assert!(slowest < publish_timeout + Duration::from_secs(2), "{slowest:?}");
+    assert!(
+        slowest < publish_timeout + Duration::from_secs(2),
+        "{slowest:?}"
+    );
     bridge.stop().await;
     Ok(())
 }

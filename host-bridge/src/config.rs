@@ -94,7 +94,9 @@ pub struct Config {
     pub concurrency: u16,
 
     /// How long one push to the worker may take before the job is requeued.
-    #[arg(long, env = "JOB_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Keep it at or below `--shutdown-grace`, so that a drain never has to
+    /// abandon a push that is still allowed to finish.
+    #[arg(long, env = "JOB_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub job_timeout: Duration,
 
     /// How long a graceful stop may wait for in-flight work. Keep it below
@@ -126,6 +128,19 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Settings that work but are probably a mistake, for `main` to log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.has(Role::Consume) && self.shutdown_grace < self.job_timeout {
+            warnings.push(format!(
+                "--shutdown-grace ({:?}) is shorter than --job-timeout ({:?}): a drain may \
+                 abandon a push that could still succeed (the job is then redelivered)",
+                self.shutdown_grace, self.job_timeout
+            ));
+        }
+        warnings
+    }
+
     /// Whether `role` is enabled.
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
@@ -207,6 +222,18 @@ mod tests {
         assert_eq!(config.concurrency, 1);
         assert_eq!(config.dead_letter_queue(), "jobs.dead");
         config.validate().expect("defaults are valid");
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    }
+
+    #[test]
+    fn a_grace_shorter_than_the_job_timeout_is_warned_about() {
+        let config = parse(&["--shutdown-grace", "5s", "--job-timeout", "10s"]);
+        assert_eq!(config.warnings().len(), 1);
+        assert!(
+            parse(&["--roles", "publish", "--shutdown-grace", "5s"])
+                .warnings()
+                .is_empty()
+        );
     }
 
     #[test]

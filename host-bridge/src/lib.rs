@@ -147,6 +147,9 @@ impl Bridge {
             admin::router(metrics.clone(), readiness),
             admin_stop.clone().cancelled_owned(),
         ));
+        for warning in config.warnings() {
+            warn!("{warning}");
+        }
         info!(roles = ?config.roles, queue = %config.queue, "host-bridge started");
 
         shutdown.await;
