@@ -27,7 +27,9 @@ stop() {
     wait 2>/dev/null || true
   fi
 }
-trap stop INT TERM EXIT
+# Ctrl-C or SIGTERM is a requested stop: clean up and exit 0.
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 if command -v spin >/dev/null 2>&1; then
   runner=spin
