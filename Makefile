@@ -10,6 +10,7 @@ AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 WASMTIME_VERSION ?= 48.0.8
 TOOLS ?= $(CURDIR)/.tools
 WORK_DURATION_MS ?= 5000
+K8S_VERSION ?= 1.32.0
 
 export AMQP_URL
 
@@ -63,8 +64,13 @@ up: build rabbitmq ## Run the local path: RabbitMQ, host-bridge, components (spi
 ##@ Test
 
 .PHONY: test
-test: check-make wasm rabbitmq lint ## Lint, then every test against the real RabbitMQ and the real .wasm
+test: check-make wasm rabbitmq lint manifests-check ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
+	$(CARGO) build -p host-bridge
 	$(CARGO) test --workspace --exclude producer --exclude worker
+
+.PHONY: manifests-check
+manifests-check: ## Build every kustomization; strict schema checks (K8S_VERSION $(K8S_VERSION)), CRDs included
+	K8S_VERSION=$(K8S_VERSION) scripts/check-manifests.sh
 
 .PHONY: lint
 lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
@@ -74,8 +80,10 @@ lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
 
 .PHONY: check-make
 check-make: ## Dry-run every target, to catch Makefile drift
-	@for t in wasm-target rabbitmq wasmtime wasm bridge build up test lint clean; do \
-	  $(MAKE) -n $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
+ifndef CHECK_MAKE_NESTED
+	@for t in wasm-target rabbitmq wasmtime wasm bridge build up test lint manifests-check clean; do \
+	  $(MAKE) -n CHECK_MAKE_NESTED=1 $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
+endif
 
 ##@ Clean
 
