@@ -10,7 +10,7 @@ AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 WASMTIME_VERSION ?= 48.0.8
 TOOLS ?= $(CURDIR)/.tools
 WORK_DURATION_MS ?= 5000
-K8S_VERSION ?= 1.32.0
+K8S_VERSION ?= 1.33.0
 
 export AMQP_URL
 
@@ -61,10 +61,56 @@ up: build rabbitmq ## Run the local path: RabbitMQ, host-bridge, components (spi
 	@command -v spin >/dev/null 2>&1 || $(MAKE) --no-print-directory wasmtime
 	WASMTIME=$(WASMTIME) WORK_DURATION_MS=$(WORK_DURATION_MS) scripts/up.sh
 
+##@ Images
+
+REGISTRY ?= ghcr.io/example
+TAG ?= 0.1.0
+
+.PHONY: images
+images: wasm ## Build the component images (FROM scratch, wasi/wasm) with buildah; OCI layouts in target/images
+	REGISTRY=$(REGISTRY) TAG=$(TAG) scripts/build-images.sh
+
+.PHONY: image-bridge
+image-bridge: ## Build host-bridge's image (static musl binary, distroless nonroot); needs a registry to pull bases
+	REGISTRY=$(REGISTRY) TAG=$(TAG) BRIDGE=1 scripts/build-images.sh
+
+.PHONY: push
+push: images image-bridge ## Push the three images to $(REGISTRY)
+	@for n in producer worker host-bridge; do \
+	  buildah --storage-driver vfs --root target/buildah/root --runroot target/buildah/run push $(REGISTRY)/wasm-jobs-$$n:$(TAG); done
+
+.PHONY: spin-push
+spin-push: wasm ## The alternative: `spin registry push` each component's app (needs spin)
+	cd components/producer && ln -sf ../../target/wasm32-wasip2/release/producer.wasm . && spin registry push $(REGISTRY)/wasm-jobs-producer:$(TAG)
+	cd components/worker && ln -sf ../../target/wasm32-wasip2/release/worker.wasm . && spin registry push $(REGISTRY)/wasm-jobs-worker:$(TAG)
+
+##@ Deploy
+
+.PHONY: deploy
+deploy: ## helm install the Prometheus stack and adapter; apply runtime-class/ and manifests/
+	helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update
+	helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
+	  --namespace monitoring --create-namespace -f manifests/helm/kube-prometheus-stack.values.yaml --wait
+	helm upgrade --install prometheus-adapter prometheus-community/prometheus-adapter \
+	  --namespace monitoring -f manifests/helm/prometheus-adapter.values.yaml --wait
+	kubectl apply -k runtime-class/
+	kubectl apply -k manifests/
+
+.PHONY: deploy-keda
+deploy-keda: ## The KEDA alternative (instead of prometheus-adapter): scales to zero
+	helm repo add kedacore https://kedacore.github.io/charts --force-update
+	helm upgrade --install keda kedacore/keda --namespace keda --create-namespace --wait
+	kubectl apply -k runtime-class/
+	kubectl apply -k manifests/overlays/keda/
+
+.PHONY: undeploy
+undeploy: ## Remove the app (keeps the Helm releases; `helm uninstall` them to remove those)
+	kubectl delete -k manifests/ --ignore-not-found
+
 ##@ Test
 
 .PHONY: test
-test: check-make wasm rabbitmq lint manifests-check ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
+test: check-make wasm rabbitmq lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
 	$(CARGO) build -p host-bridge
 	$(CARGO) test --workspace --exclude producer --exclude worker
 
@@ -81,7 +127,7 @@ lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
 .PHONY: check-make
 check-make: ## Dry-run every target, to catch Makefile drift
 ifndef CHECK_MAKE_NESTED
-	@for t in wasm-target rabbitmq wasmtime wasm bridge build up test lint manifests-check clean; do \
+	@for t in wasm-target rabbitmq wasmtime wasm bridge build up images image-bridge push spin-push deploy deploy-keda undeploy test lint manifests-check clean; do \
 	  $(MAKE) -n CHECK_MAKE_NESTED=1 $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
 endif
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-K8S_VERSION=${K8S_VERSION:-1.32.0}
+K8S_VERSION=${K8S_VERSION:-1.33.0}
 venv=.tools/venv
 out=target/manifests
 

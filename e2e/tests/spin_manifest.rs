@@ -95,3 +95,27 @@ fn the_bridge_pushes_to_the_workers_route() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn image_manifests_configure_each_component_as_the_local_app_does() -> Result<()> {
+    let local = manifest()?;
+    for name in ["producer", "worker"] {
+        let text = std::fs::read_to_string(format!("{ROOT}/components/{name}/spin.toml"))?;
+        let image: Value = toml::from_str(&text)?;
+        let (a, b) = (&local["component"][name], &image["component"][name]);
+        for key in ["environment", "allowed_outbound_hosts"] {
+            assert_eq!(
+                a.get(key),
+                b.get(key),
+                "{name}.{key}: image vs local spin.toml"
+            );
+        }
+        assert_eq!(b["source"].as_str(), Some(format!("{name}.wasm").as_str()));
+        let components: Vec<&String> = image["component"]
+            .as_table()
+            .map(|t| t.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(components, vec![name], "one component per image");
+    }
+    Ok(())
+}
