@@ -28,6 +28,10 @@ help: ## List the targets
 wasm-target: ## Add the wasm32-wasip2 Rust target if missing
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
+.PHONY: test-tools
+test-tools: ## Install what the tests need besides RabbitMQ: Prometheus, buildah (kubectl must be there)
+	@scripts/test-tools.sh
+
 .PHONY: rabbitmq
 rabbitmq: ## Make sure RabbitMQ answers at AMQP_URL (start or install it locally)
 	@scripts/rabbitmq.sh
@@ -110,7 +114,7 @@ undeploy: ## Remove the app (keeps the Helm releases; `helm uninstall` them to r
 ##@ Test
 
 .PHONY: test
-test: check-make wasm rabbitmq lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
+test: check-make wasm rabbitmq test-tools lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
 	$(CARGO) build -p host-bridge
 	$(CARGO) test --workspace --exclude producer --exclude worker
 
@@ -127,7 +131,7 @@ lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
 .PHONY: check-make
 check-make: ## Dry-run every target, to catch Makefile drift
 ifndef CHECK_MAKE_NESTED
-	@for t in wasm-target rabbitmq wasmtime wasm bridge build up images image-bridge push spin-push deploy deploy-keda undeploy test lint manifests-check clean; do \
+	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy deploy-keda undeploy test lint manifests-check clean; do \
 	  $(MAKE) -n CHECK_MAKE_NESTED=1 $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
 endif
 

@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod bridge;
 pub mod private_broker;
 pub mod process;
+pub mod prometheus;
 pub mod standin;
 pub mod wasm;
 

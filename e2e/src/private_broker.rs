@@ -33,29 +33,58 @@ pub struct PrivateBroker {
     name: String,
     port: u16,
     dist_port: u16,
+    prometheus_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl PrivateBroker {
     /// Starts a node on free ports and waits until AMQP answers.
     pub async fn start(test: &str) -> anyhow::Result<Self> {
+        Self::start_node(test, false).await
+    }
+
+    /// Starts a node with the `rabbitmq_prometheus` plugin on a free port,
+    /// refreshing queue stats every second (the default is 5 s), and waits
+    /// until AMQP and the metrics endpoint answer.
+    pub async fn start_with_prometheus(test: &str) -> anyhow::Result<Self> {
+        Self::start_node(test, true).await
+    }
+
+    async fn start_node(test: &str, prometheus: bool) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dist_port = free_port()?;
+        let prometheus_port = if prometheus { Some(free_port()?) } else { None };
         let name = format!("e2e-{test}-{port}");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
-        // Allow guest from 127.0.0.1 (the default), and nothing else to tune.
-        std::fs::write(dir.join("rabbitmq.conf"), "log.console = false\n")?;
+        let mut conf = String::from("log.console = false\n");
+        let plugins = match prometheus_port {
+            Some(p) => {
+                conf.push_str(&format!(
+                    "prometheus.tcp.port = {p}\nprometheus.tcp.ip = 127.0.0.1\n"
+                ));
+                conf.push_str("collect_statistics_interval = 1000\n");
+                "[rabbitmq_prometheus].\n"
+            }
+            None => "[].\n",
+        };
+        std::fs::write(dir.join("enabled_plugins"), plugins)?;
+        std::fs::write(dir.join("rabbitmq.conf"), conf)?;
         let mut broker = Self {
             dir,
             name,
             port,
             dist_port,
+            prometheus_port,
             child: None,
         };
         broker.spawn().await?;
         Ok(broker)
+    }
+
+    /// Where `rabbitmq_prometheus` listens, when enabled.
+    pub fn prometheus_addr(&self) -> Option<String> {
+        self.prometheus_port.map(|p| format!("127.0.0.1:{p}"))
     }
 
     /// Its AMQP URL.
