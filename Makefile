@@ -116,7 +116,9 @@ undeploy: ## Remove the app (keeps the Helm releases; `helm uninstall` them to r
 .PHONY: test
 test: check-make wasm rabbitmq test-tools lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
 	$(CARGO) build -p host-bridge
-	$(CARGO) test --workspace --exclude producer --exclude worker
+	@mkdir -p target
+	$(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests 2>&1 | tee target/test.log
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test.log
 
 .PHONY: manifests-check
 manifests-check: ## Build every kustomization; strict schema checks (K8S_VERSION $(K8S_VERSION)), CRDs included
