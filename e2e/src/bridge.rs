@@ -2,7 +2,6 @@
 //! parameter.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,8 +9,8 @@ use host_bridge::{Bridge, Config};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{Admin, MetricSource};
 use crate::amqp::amqp_url;
-use crate::eventually;
 
 /// A running bridge.
 pub struct RunningBridge {
@@ -23,7 +22,7 @@ pub struct RunningBridge {
     pub metrics: host_bridge::Metrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    client: reqwest::Client,
+    admin: Admin,
 }
 
 impl RunningBridge {
@@ -59,7 +58,7 @@ impl RunningBridge {
             metrics,
             stop: Some(stop),
             task: Some(task),
-            client: reqwest::Client::new(),
+            admin: Admin::new(admin_addr),
         })
     }
 
@@ -78,12 +77,7 @@ impl RunningBridge {
 
     /// GETs an admin path, returning its status and body.
     pub async fn admin(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let response = self
-            .client
-            .get(format!("http://{}{path}", self.admin_addr))
-            .send()
-            .await?;
-        Ok((response.status().as_u16(), response.text().await?))
+        self.admin.get(path).await
     }
 
     /// The /metrics text, as served.
@@ -93,34 +87,9 @@ impl RunningBridge {
         Ok(text)
     }
 
-    /// One metric's value (see [`crate::metric_value`]), read from the
-    /// bridge's registry.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        crate::metric_value(&self.metrics.encode(), name, labels)
-    }
-
     /// Waits until /readyz answers 200.
     pub async fn wait_ready(&self) {
-        eventually(
-            "the bridge to be ready",
-            Duration::from_secs(20),
-            || async { matches!(self.admin("/readyz").await, Ok((200, _))).then_some(()) },
-        )
-        .await;
-    }
-
-    /// Waits until a metric reaches at least `value`.
-    pub async fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        value: f64,
-        limit: Duration,
-    ) {
-        eventually(&format!("{name}{labels:?} >= {value}"), limit, || async {
-            (self.metric(name, labels).await >= value).then_some(())
-        })
-        .await;
+        self.admin.wait_ready().await;
     }
 
     /// Starts a graceful stop (what SIGTERM does) without waiting.
@@ -143,6 +112,13 @@ impl RunningBridge {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+impl MetricSource for RunningBridge {
+    /// Read from the bridge's own registry, so it works after a stop too.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::metric_value(&self.metrics.encode(), name, labels)
     }
 }
 

@@ -6,11 +6,13 @@
 //! Nothing here imitates RabbitMQ, the bridge or the components: each helper
 //! runs or drives the real thing on loopback.
 
+pub mod admin;
 pub mod amqp;
 pub mod bridge;
 pub mod private_broker;
 pub mod process;
 pub mod prometheus;
+pub mod rig;
 pub mod standin;
 pub mod wasm;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::eventually;
+use crate::admin::{Admin, MetricSource};
 
 /// The host-bridge binary `cargo build -p host-bridge` leaves (`make test`
 /// builds it), or `BRIDGE_BIN`.
@@ -35,7 +35,7 @@ pub struct BridgeProcess {
     pub admin_addr: SocketAddr,
     /// Its publish API (when that role is on).
     pub publish_addr: SocketAddr,
-    client: reqwest::Client,
+    admin: Admin,
 }
 
 impl BridgeProcess {
@@ -68,7 +68,7 @@ impl BridgeProcess {
             child,
             admin_addr,
             publish_addr,
-            client: reqwest::Client::new(),
+            admin: Admin::new(admin_addr),
         })
     }
 
@@ -79,47 +79,12 @@ impl BridgeProcess {
 
     /// GETs an admin path.
     pub async fn admin(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let response = self
-            .client
-            .get(format!("http://{}{path}", self.admin_addr))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?;
-        Ok((response.status().as_u16(), response.text().await?))
+        self.admin.get(path).await
     }
 
     /// Waits until /readyz answers 200.
     pub async fn wait_ready(&self) {
-        eventually(
-            "the bridge process to be ready",
-            Duration::from_secs(30),
-            || async { matches!(self.admin("/readyz").await, Ok((200, _))).then_some(()) },
-        )
-        .await;
-    }
-
-    /// One metric's value from its /metrics (0 if it can't be read).
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self
-            .admin("/metrics")
-            .await
-            .map(|(_, t)| t)
-            .unwrap_or_default();
-        crate::metric_value(&text, name, labels)
-    }
-
-    /// Waits until a metric reaches at least `value`.
-    pub async fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        value: f64,
-        limit: Duration,
-    ) {
-        eventually(&format!("{name}{labels:?} >= {value}"), limit, || async {
-            (self.metric(name, labels).await >= value).then_some(())
-        })
-        .await;
+        self.admin.wait_ready().await;
     }
 
     /// Sends SIGTERM: what Kubernetes sends on scale-down.
@@ -138,6 +103,19 @@ impl BridgeProcess {
             .await
             .context("the bridge did not exit in time")?
             .context("waiting for the bridge")
+    }
+}
+
+impl MetricSource for BridgeProcess {
+    /// Read from its /metrics (0 when it can't be read).
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .admin
+            .get("/metrics")
+            .await
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        crate::metric_value(&text, name, labels)
     }
 }
 

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use e2e::admin::MetricSource;
 use e2e::bridge::RunningBridge;
 use e2e::private_broker::PrivateBroker;
 use e2e::prometheus::Prometheus;

@@ -5,22 +5,14 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use e2e::admin::MetricSource;
 use e2e::amqp::{Inspector, unique_queue};
 use e2e::bridge::RunningBridge;
-use e2e::standin::StandIn;
+use e2e::rig::{Rig, job, publish_to};
 use serde_json::{Value, json};
 
-fn job(id: &str, payload: Value) -> String {
-    json!({ "id": id, "created_at": "2026-01-01T00:00:00Z", "payload": payload }).to_string()
-}
-
 async fn publish(bridge: &RunningBridge, body: String) -> Result<reqwest::Response> {
-    Ok(reqwest::Client::new()
-        .post(bridge.publish_url("/v1/publish"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?)
+    publish_to(&bridge.publish_url("/v1/publish"), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,76 +143,47 @@ async fn publish_api_refuses_bad_input_with_json_errors() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Result<()> {
-    let queue = unique_queue("outcomes");
-    let mut worker = StandIn::start().await?;
-    let url = worker.url();
-    let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
-
+    let mut rig = Rig::start("outcomes", &[]).await?;
     for (id, answers) in [
         ("ok", json!([200])),
         ("poison", json!([400])),
         ("flaky", json!([500, 200])),
     ] {
-        let response = publish(&bridge, job(id, json!({ "answers": answers }))).await?;
+        let response = rig.publish(id, json!({ "answers": answers })).await?;
         assert_eq!(response.status(), 202, "{id}");
     }
     let mut pushes = Vec::new();
     for _ in 0..4 {
-        let push = worker.next_push(Duration::from_secs(20)).await;
+        let push = rig.worker.next_push(Duration::from_secs(20)).await;
         pushes.push((push.id, push.attempt, push.status));
     }
     pushes.sort();
-    assert_eq!(
-        pushes,
-        vec![
-            ("flaky".into(), 1, 500),
-            ("flaky".into(), 2, 200),
-            ("ok".into(), 1, 200),
-            ("poison".into(), 1, 400),
-        ]
-    );
-    let q = [("queue", queue.as_str())];
-    bridge
-        .wait_metric(
-            "host_bridge_jobs_total",
-            &[q[0], ("outcome", "acked")],
-            2.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(
-        bridge
-            .metric("host_bridge_jobs_total", &[q[0], ("outcome", "requeued")])
-            .await,
-        1.0
-    );
-    assert_eq!(
-        bridge
-            .metric(
-                "host_bridge_jobs_total",
-                &[q[0], ("outcome", "dead_lettered")]
-            )
-            .await,
-        1.0
-    );
+    let expected = [
+        ("flaky", 1, 500),
+        ("flaky", 2, 200),
+        ("ok", 1, 200),
+        ("poison", 1, 400),
+    ];
+    assert_eq!(pushes, expected.map(|(id, n, s)| (id.to_owned(), n, s)));
+    rig.wait_jobs("acked", 2.0, Duration::from_secs(10)).await;
+    assert_eq!(rig.jobs("requeued").await, 1.0);
+    assert_eq!(rig.jobs("dead_lettered").await, 1.0);
 
     // The poison job is in the dead-letter queue, once, and nothing is left.
-    let inspector = Inspector::connect().await?;
+    let dead_queue = format!("{}.dead", rig.queue);
     let dead = e2e::eventually(
         "the poison job in the dead-letter queue",
         Duration::from_secs(10),
         || async {
-            let dead = inspector.drain(&format!("{queue}.dead")).await.ok()?;
+            let dead = rig.inspector.drain(&dead_queue).await.ok()?;
             (!dead.is_empty()).then_some(dead)
         },
     )
     .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(job::Job::from_body(&dead[0].data)?.id, "poison");
-    assert_eq!(inspector.ready(&queue).await?, 0);
-    bridge.stop().await;
-    inspector.delete_topology(&queue).await?;
-    Ok(())
+    assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
+    rig.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,24 +219,18 @@ async fn not_ready_and_prompt_503_while_the_broker_is_unreachable() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<()> {
-    let queue = unique_queue("drain");
-    let mut worker = StandIn::start().await?;
-    let url = worker.url();
-    let mut bridge = RunningBridge::start_ready(&[
-        "--queue",
-        &queue,
-        "--worker-url",
-        &url,
-        "--shutdown-grace",
-        "20s",
-    ])
+    let Rig {
+        queue,
+        mut worker,
+        mut bridge,
+        inspector,
+    } = Rig::start("drain", &["--shutdown-grace", "20s"]).await?;
+    let response = publish_to(
+        &bridge.publish_url("/v1/publish"),
+        job("slow", json!({"delays_ms": [1500]})),
+    )
     .await?;
-    assert_eq!(
-        publish(&bridge, job("slow", json!({"delays_ms": [1500]})))
-            .await?
-            .status(),
-        202
-    );
+    assert_eq!(response.status(), 202);
     bridge
         .wait_metric(
             "host_bridge_jobs_in_flight",
@@ -307,7 +264,6 @@ async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<(
     assert_eq!(acked, 1.0, "acked before the bridge stopped");
 
     // Acked exactly once: nothing returned to the queue, no second push.
-    let inspector = Inspector::connect().await?;
     assert_eq!(inspector.ready(&queue).await?, 0);
     assert!(worker.pushes.try_recv().is_err());
     inspector.delete_topology(&queue).await?;
@@ -316,12 +272,9 @@ async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_the_documented_families() -> Result<()> {
-    let queue = unique_queue("metrics");
-    let worker = StandIn::start().await?;
-    let url = worker.url();
-    let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
-    assert_eq!(publish(&bridge, job("m", json!(null))).await?.status(), 202);
-    bridge
+    let rig = Rig::start("metrics", &[]).await?;
+    assert_eq!(rig.publish("m", json!(null)).await?.status(), 202);
+    rig.bridge
         .wait_metric(
             "host_bridge_jobs_total",
             &[("outcome", "acked")],
@@ -329,7 +282,7 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
             Duration::from_secs(10),
         )
         .await;
-    let text = bridge.scrape().await?;
+    let text = rig.bridge.scrape().await?;
     for family in [
         "host_bridge_published_total",
         "host_bridge_jobs_total",
@@ -344,15 +297,11 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
             "{family} missing:\n{text}"
         );
     }
-    assert!(
-        text.contains(&format!(
-            r#"host_bridge_queue_messages{{queue="{queue}",state="ready"}}"#
-        )),
-        "{text}"
+    let ready = format!(
+        r#"host_bridge_queue_messages{{queue="{}",state="ready"}}"#,
+        rig.queue
     );
-    assert_eq!(bridge.metric("host_bridge_broker_up", &[]).await, 1.0);
-    let inspector = Inspector::connect().await?;
-    bridge.stop().await;
-    inspector.delete_topology(&queue).await?;
-    Ok(())
+    assert!(text.contains(&ready), "{text}");
+    assert_eq!(rig.bridge.metric("host_bridge_broker_up", &[]).await, 1.0);
+    rig.finish().await
 }

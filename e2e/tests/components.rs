@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use e2e::admin::MetricSource;
 use e2e::amqp::{Inspector, unique_queue};
 use e2e::bridge::RunningBridge;
 use e2e::wasm;

@@ -9,26 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use e2e::admin::MetricSource;
 use e2e::amqp::{Inspector, amqp_url, unique_queue};
 use e2e::bridge::RunningBridge;
 use e2e::private_broker::PrivateBroker;
 use e2e::process::BridgeProcess;
+use e2e::rig::{Rig, job, publish_to};
 use e2e::standin::StandIn;
 use e2e::wasm;
-use serde_json::{Value, json};
-
-fn job(id: &str, payload: Value) -> String {
-    json!({ "id": id, "created_at": "2026-01-01T00:00:00Z", "payload": payload }).to_string()
-}
-
-async fn publish_to(url: &str, body: String) -> Result<reqwest::Response> {
-    Ok(reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?)
-}
+use serde_json::json;
 
 /// What a fault test counted.
 #[derive(Debug, Default)]
@@ -296,40 +285,22 @@ async fn b_broker_restarted_during_publishing_every_accepted_job_is_processed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_worker_fails_twice_then_succeeds_processed_once_after_two_redeliveries() -> Result<()> {
-    let queue = unique_queue("fault-c");
-    let mut worker = StandIn::start().await?;
-    let url = worker.url();
-    let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
-    let publish = bridge.publish_url("/v1/publish");
+    let mut rig = Rig::start("fault-c", &[]).await?;
     assert_eq!(
-        publish_to(&publish, job("c", json!({"answers": [500, 500, 200]})))
+        rig.publish("c", json!({"answers": [500, 500, 200]}))
             .await?
             .status(),
         202
     );
     let mut answers = Vec::new();
     for _ in 0..3 {
-        let push = worker.next_push(Duration::from_secs(20)).await;
+        let push = rig.worker.next_push(Duration::from_secs(20)).await;
         answers.push((push.attempt, push.status));
     }
     assert_eq!(answers, vec![(1, 500), (2, 500), (3, 200)]);
-    let q = ("queue", queue.as_str());
-    bridge
-        .wait_metric(
-            "host_bridge_jobs_total",
-            &[q, ("outcome", "acked")],
-            1.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(
-        bridge
-            .metric("host_bridge_jobs_total", &[q, ("outcome", "requeued")])
-            .await,
-        2.0
-    );
-    let inspector = Inspector::connect().await?;
-    let dead = inspector.ready(&format!("{queue}.dead")).await?;
+    rig.wait_jobs("acked", 1.0, Duration::from_secs(10)).await;
+    assert_eq!(rig.jobs("requeued").await, 2.0);
+    let dead = rig.inspector.ready(&format!("{}.dead", rig.queue)).await?;
     let figures = Figures {
         accepted: 1,
         processed: 1,
@@ -339,64 +310,35 @@ async fn c_worker_fails_twice_then_succeeds_processed_once_after_two_redeliverie
     };
     figures.report("c: worker 500, 500, 200");
     assert_eq!(dead, 0);
-    assert_eq!(inspector.ready(&queue).await?, 0);
-    bridge.stop().await;
-    assert!(worker.pushes.try_recv().is_err(), "processed once");
-    inspector.delete_topology(&queue).await?;
-    Ok(())
+    assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
+    assert!(rig.worker.pushes.try_recv().is_err(), "processed once");
+    rig.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d_worker_hangs_past_the_timeout_the_job_is_requeued_then_completed() -> Result<()> {
-    let queue = unique_queue("fault-d");
-    let mut worker = StandIn::start().await?;
-    let url = worker.url();
-    let bridge = RunningBridge::start_ready(&[
-        "--queue",
-        &queue,
-        "--worker-url",
-        &url,
-        "--job-timeout",
-        "300ms",
-    ])
-    .await?;
-    let publish = bridge.publish_url("/v1/publish");
+    let mut rig = Rig::start("fault-d", &["--job-timeout", "300ms"]).await?;
     assert_eq!(
-        publish_to(&publish, job("d", json!({"delays_ms": [5000, 0]})))
+        rig.publish("d", json!({"delays_ms": [5000, 0]}))
             .await?
             .status(),
         202
     );
-    let q = ("queue", queue.as_str());
-    bridge
-        .wait_metric(
-            "host_bridge_jobs_total",
-            &[q, ("outcome", "acked")],
-            1.0,
-            Duration::from_secs(20),
+    rig.wait_jobs("acked", 1.0, Duration::from_secs(20)).await;
+    assert_eq!(rig.jobs("requeued").await, 1.0);
+    let timeouts = rig
+        .bridge
+        .metric(
+            "host_bridge_worker_push_duration_seconds_count",
+            &[("result", "timeout")],
         )
         .await;
-    assert_eq!(
-        bridge
-            .metric("host_bridge_jobs_total", &[q, ("outcome", "requeued")])
-            .await,
-        1.0
-    );
-    assert_eq!(
-        bridge
-            .metric(
-                "host_bridge_worker_push_duration_seconds_count",
-                &[("result", "timeout")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(timeouts, 1.0);
     // The second delivery arrived while the first still hung, and was answered.
-    let first = worker.next_received(Duration::from_secs(1)).await;
-    let second = worker.next_received(Duration::from_secs(1)).await;
+    let first = rig.worker.next_received(Duration::from_secs(1)).await;
+    let second = rig.worker.next_received(Duration::from_secs(1)).await;
     assert_eq!((first.1, second.1), (1, 2));
-    let inspector = Inspector::connect().await?;
-    assert_eq!(inspector.ready(&queue).await?, 0);
+    assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
     Figures {
         accepted: 1,
         processed: 1,
@@ -405,55 +347,32 @@ async fn d_worker_hangs_past_the_timeout_the_job_is_requeued_then_completed() ->
         lost: 0,
     }
     .report("d: worker hangs past the timeout");
-    bridge.stop().await;
-    inspector.delete_topology(&queue).await?;
-    Ok(())
+    rig.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
-    let queue = unique_queue("fault-e");
-    let mut worker = StandIn::start().await?;
-    let url = worker.url();
-    let bridge = RunningBridge::start_ready(&[
-        "--queue",
-        &queue,
-        "--worker-url",
-        &url,
-        "--delivery-limit",
-        "2",
-    ])
-    .await?;
-    let publish = bridge.publish_url("/v1/publish");
+    let mut rig = Rig::start("fault-e", &["--delivery-limit", "2"]).await?;
     assert_eq!(
-        publish_to(&publish, job("bad-input", json!({"answers": [422]})))
+        rig.publish("bad-input", json!({"answers": [422]}))
             .await?
             .status(),
         202
     );
     assert_eq!(
-        publish_to(&publish, job("always-500", json!({"answers": [500]})))
+        rig.publish("always-500", json!({"answers": [500]}))
             .await?
             .status(),
         202
     );
-
-    let q = ("queue", queue.as_str());
-    bridge
-        .wait_metric(
-            "host_bridge_jobs_total",
-            &[q, ("outcome", "dead_lettered")],
-            2.0,
-            Duration::from_secs(20),
-        )
+    rig.wait_jobs("dead_lettered", 2.0, Duration::from_secs(20))
         .await;
-    let inspector = Inspector::connect().await?;
-    let dead_queue = format!("{queue}.dead");
+    let dead_queue = format!("{}.dead", rig.queue);
     let dead = e2e::eventually(
         "both jobs in the dead-letter queue",
         Duration::from_secs(10),
         || async {
-            let dead = inspector.drain(&dead_queue).await.ok()?;
+            let dead = rig.inspector.drain(&dead_queue).await.ok()?;
             (dead.len() >= 2).then_some(dead)
         },
     )
@@ -467,13 +386,13 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
         BTreeSet::from(["always-500".to_owned(), "bad-input".to_owned()])
     );
     let mut attempts: BTreeMap<String, usize> = BTreeMap::new();
-    while let Ok(push) = worker.pushes.try_recv() {
+    while let Ok(push) = rig.worker.pushes.try_recv() {
         *attempts.entry(push.id).or_default() += 1;
     }
     // A 4xx dead-letters at once; a 5xx after the limit: 1 + 2 redeliveries.
     assert_eq!(attempts.get("bad-input"), Some(&1));
     assert_eq!(attempts.get("always-500"), Some(&3));
-    assert_eq!(inspector.ready(&queue).await?, 0);
+    assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
     Figures {
         accepted: 2,
         processed: 0,
@@ -482,9 +401,7 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
         lost: 0,
     }
     .report("e: poison jobs");
-    bridge.stop().await;
-    inspector.delete_topology(&queue).await?;
-    Ok(())
+    rig.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
