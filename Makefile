@@ -118,6 +118,8 @@ test: check-make wasm rabbitmq test-tools lint manifests-check images ## Lint, c
 	$(CARGO) build -p host-bridge
 	@mkdir -p target
 	$(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests 2>&1 | tee target/test.log
+	@$(MAKE) --no-print-directory bench-smoke > target/bench-smoke.log 2>&1 || { cat target/bench-smoke.log; exit 1; }
+	@echo "bench: smoke run OK (target/bench-smoke.md)"
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test.log
 
 .PHONY: manifests-check
@@ -133,9 +135,21 @@ lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
 .PHONY: check-make
 check-make: ## Dry-run every target, to catch Makefile drift
 ifndef CHECK_MAKE_NESTED
-	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy deploy-keda undeploy test lint manifests-check clean; do \
+	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy deploy-keda undeploy test lint manifests-check bench bench-smoke clean; do \
 	  $(MAKE) -n CHECK_MAKE_NESTED=1 $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
 endif
+
+##@ Bench
+
+.PHONY: bench
+bench: wasm rabbitmq wasmtime ## Benchmarks on release builds, components under wasmtime serve; writes docs/BENCHMARKS.md
+	$(CARGO) build --release -p host-bridge -p bench
+	WASMTIME=$(WASMTIME) target/release/bench --bridge target/release/host-bridge
+
+.PHONY: bench-smoke
+bench-smoke: wasm rabbitmq ## The benchmark harness with tiny counts (part of make test; no figures kept)
+	$(CARGO) build -p host-bridge -p bench
+	target/debug/bench --smoke --bridge target/debug/host-bridge
 
 ##@ Clean
 

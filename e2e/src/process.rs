@@ -41,7 +41,15 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Spawns host-bridge with `args` on free ports, against `amqp_url`.
     pub async fn spawn(amqp_url: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let binary = bridge_binary();
+        Self::spawn_binary(&bridge_binary(), amqp_url, args).await
+    }
+
+    /// Spawns a given host-bridge binary (e.g. a release build, for benchmarks).
+    pub async fn spawn_binary(
+        binary: &std::path::Path,
+        amqp_url: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         if !binary.exists() {
             bail!(
                 "{} is missing: run `cargo build -p host-bridge`",
@@ -50,7 +58,7 @@ impl BridgeProcess {
         }
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let publish_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .args(args)
             .env("AMQP_URL", amqp_url)
             .env("ADMIN_ADDR", admin_addr.to_string())
@@ -95,6 +103,11 @@ impl BridgeProcess {
     /// Sends SIGKILL: a crash, or a grace period that ran out.
     pub fn sigkill(&self) -> anyhow::Result<()> {
         signal(&self.child, libc::SIGKILL)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Waits for the process to exit, at most `limit`.

@@ -95,9 +95,11 @@ pub struct Metrics {
     pub worker_push_duration: HistogramVec,
 }
 
-// Jobs take about 5 s; publishes take milliseconds. Buckets cover both.
+// Jobs take about 5 s, but the bridge's own overhead per job is around a
+// millisecond: the low buckets make that visible (docs/BENCHMARKS.md).
 const JOB_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
+    60.0,
 ];
 const PUBLISH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,

@@ -1,0 +1,232 @@
+//! Cost: the bridge's resident memory, its start-up time to ready, and the
+//! Wasm worker's per-request instantiation time and memory.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use e2e::process::BridgeProcess;
+use tokio::sync::oneshot;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::Options;
+use crate::stats::{median_spread, quantile};
+
+/// The bridge's resident set size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rss {
+    /// Ready, before any load, KiB.
+    pub idle_kib: u64,
+    /// The most seen under the publish load, KiB.
+    pub peak_kib: u64,
+}
+
+/// A process's VmRSS, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+/// Samples a process's RSS every 10 ms until stopped; keeps the peak.
+pub struct Sampler {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+/// Starts sampling `pid`.
+pub fn sample_rss(pid: u32) -> Sampler {
+    let (stop, mut stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut peak = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return peak,
+                _ = tick.tick() => peak = peak.max(rss_kib(pid).unwrap_or(0)),
+            }
+        }
+    });
+    Sampler { stop, task }
+}
+
+impl Sampler {
+    /// Stops and returns the peak, KiB.
+    pub async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
+/// The cost figures.
+pub struct Cost {
+    /// Bridge RSS.
+    pub rss: Rss,
+    /// Bridge start to /readyz 200, per start.
+    pub startup: Vec<Duration>,
+    /// Pre-instantiated component to ready instance, per request.
+    pub instantiate: Vec<Duration>,
+    /// Linear memory the worker instance reserves, bytes.
+    pub wasm_memory: usize,
+}
+
+impl Cost {
+    /// The cost section of the report.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let ms = |d: &[Duration]| d.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>();
+        let (startup, lo, hi) = median_spread(&ms(&self.startup));
+        let mut inst = self.instantiate.clone();
+        inst.sort();
+        let _ = writeln!(out, "| figure | value |\n|---|---:|");
+        let _ = writeln!(
+            out,
+            "| host-bridge RSS, idle (ready, connected) | {:.1} MiB |",
+            self.rss.idle_kib as f64 / 1024.0
+        );
+        let _ = writeln!(
+            out,
+            "| host-bridge RSS, peak under the publish load | {:.1} MiB |",
+            self.rss.peak_kib as f64 / 1024.0
+        );
+        let _ = writeln!(
+            out,
+            "| host-bridge start to ready (`/readyz` 200) | {startup:.1} ms ({lo:.1}–{hi:.1}) |"
+        );
+        let _ = writeln!(
+            out,
+            "| Wasm worker instantiation per request, p50 / p99 | {:.0} µs / {:.0} µs |",
+            quantile(&inst, 0.5).as_secs_f64() * 1e6,
+            quantile(&inst, 0.99).as_secs_f64() * 1e6
+        );
+        let _ = writeln!(
+            out,
+            "| Wasm worker linear memory per instance | {:.0} KiB |",
+            self.wasm_memory as f64 / 1024.0
+        );
+        out
+    }
+}
+
+/// Measures start-up and instantiation; RSS comes from the publish runs.
+pub async fn measure(options: &Options, rss: Rss) -> Result<Cost> {
+    let mut startup = Vec::new();
+    for _ in 0..5 {
+        let queue = crate::queue_name("startup");
+        let started = Instant::now();
+        let bridge = BridgeProcess::spawn_binary(
+            &options.bridge,
+            &options.amqp_url,
+            &["--roles", "publish", "--queue", &queue],
+        )
+        .await?;
+        loop {
+            if let Ok((200, _)) = bridge.admin("/readyz").await {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "the bridge never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        startup.push(started.elapsed());
+        bridge.sigterm()?;
+        let raw = crate::raw::Raw::connect(&options.amqp_url).await?;
+        for q in [queue.clone(), format!("{queue}.dead")] {
+            let _ = raw
+                .channel
+                .queue_delete(q.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    let (instantiate, wasm_memory) = instantiation(300).await?;
+    Ok(Cost {
+        rss,
+        startup,
+        instantiate,
+        wasm_memory,
+    })
+}
+
+struct State {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    memory: usize,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.memory = self.memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// Instantiates the worker `n` times, each in a fresh store, as a host does
+/// per request; returns the times and the linear memory one instance takes.
+async fn instantiation(n: usize) -> Result<(Vec<Duration>, usize)> {
+    let engine = e2e::wasm::engine();
+    let component = e2e::wasm::component("worker")?;
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+    let mut times = Vec::with_capacity(n);
+    let mut memory = 0;
+    for _ in 0..n {
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            memory: 0,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        let started = Instant::now();
+        let _proxy = pre.instantiate_async(&mut store).await?;
+        times.push(started.elapsed());
+        memory = memory.max(store.data().memory);
+    }
+    Ok((times, memory))
+}

@@ -1,0 +1,475 @@
+//! The benchmark harness: the Wasm path against native, and both against the
+//! broker's limit, side by side in one run on one machine.
+//!
+//! It owns the cases and the report. The load generator (`load`) and the raw
+//! lapin client (`raw`) are separate from everything under test; the bridge
+//! runs as its release binary, the components under `wasmtime serve` as
+//! `make up` runs them (or, in smoke mode without wasmtime-cli, in-process).
+
+pub mod cost;
+pub mod load;
+pub mod raw;
+pub mod stats;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::process::{BridgeProcess, free_port};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::load::MakeRequest;
+use crate::raw::Raw;
+use crate::stats::{Run, histogram_quantile, median_spread};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The broker.
+    pub amqp_url: String,
+    /// host-bridge's binary (release for real figures).
+    pub bridge: PathBuf,
+    /// wasmtime-cli, to host the components as `make up` does; `None` hosts
+    /// them in-process (smoke mode only).
+    pub wasmtime: Option<PathBuf>,
+    /// Requests or jobs per measured run.
+    pub count: usize,
+    /// Measured runs per case (the median and spread are reported).
+    pub runs: usize,
+    /// Publish-path concurrencies.
+    pub concurrency: Vec<usize>,
+    /// Consume-path prefetch counts.
+    pub prefetch: Vec<u16>,
+}
+
+/// A served component: a `wasmtime serve` process or an in-process host.
+enum Served {
+    Process(#[allow(dead_code)] Child, String),
+    InProcess(e2e::wasm::ServedComponent),
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        match self {
+            Served::Process(_, base) => format!("{base}{path}"),
+            Served::InProcess(c) => c.url(path),
+        }
+    }
+}
+
+async fn serve(options: &Options, name: &str, env: &[(&str, &str)]) -> Result<Served> {
+    let Some(wasmtime) = &options.wasmtime else {
+        return Ok(Served::InProcess(e2e::wasm::serve(name, env).await?));
+    };
+    let port = free_port()?;
+    let mut command = Command::new(wasmtime);
+    command.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")]);
+    for (k, v) in env {
+        command.arg("--env").arg(format!("{k}={v}"));
+    }
+    let child = command
+        .arg(e2e::wasm::wasm_path(name))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to run {}", wasmtime.display()))?;
+    e2e::eventually(
+        "wasmtime serve to listen",
+        Duration::from_secs(30),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    Ok(Served::Process(child, format!("http://127.0.0.1:{port}")))
+}
+
+fn queue_name(case: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("bench.{case}.{nanos}")
+}
+
+/// One row of a results table.
+pub struct Row {
+    /// The case.
+    pub case: String,
+    /// The setting (concurrency or prefetch).
+    pub level: usize,
+    /// Throughput per run.
+    pub rates: Vec<f64>,
+    /// p50 per run, ms.
+    pub p50: Vec<f64>,
+    /// p99 per run, ms.
+    pub p99: Vec<f64>,
+}
+
+impl Row {
+    fn new(case: &str, level: usize) -> Self {
+        Self {
+            case: case.to_owned(),
+            level,
+            rates: vec![],
+            p50: vec![],
+            p99: vec![],
+        }
+    }
+
+    fn add(&mut self, run: &Run) {
+        self.rates.push(run.rate());
+        self.p50.push(run.quantile(0.5).as_secs_f64() * 1e3);
+        self.p99.push(run.quantile(0.99).as_secs_f64() * 1e3);
+    }
+
+    /// Median throughput.
+    pub fn rate(&self) -> f64 {
+        median_spread(&self.rates).0
+    }
+}
+
+/// Everything measured.
+pub struct Results {
+    /// Publish path rows.
+    pub publish: Vec<Row>,
+    /// Consume path rows.
+    pub consume: Vec<Row>,
+    /// Cost figures.
+    pub cost: cost::Cost,
+}
+
+/// Runs every case.
+pub async fn run(options: &Options) -> Result<Results> {
+    let (publish, rss) = publish_path(options).await?;
+    let consume = consume_path(options).await?;
+    let cost = cost::measure(options, rss).await?;
+    Ok(Results {
+        publish,
+        consume,
+        cost,
+    })
+}
+
+/// Publish path: (a) /generate through the Wasm producer, (b) the bridge's
+/// publish API, (c) raw lapin with pipelined confirms.
+async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
+    let queue = queue_name("publish");
+    let bridge = BridgeProcess::spawn_binary(
+        &options.bridge,
+        &options.amqp_url,
+        &["--roles", "publish", "--queue", &queue],
+    )
+    .await?;
+    bridge.wait_ready().await;
+    let publish_url = bridge.publish_url("/v1/publish");
+    let observe_url = bridge.publish_url("/v1/observe");
+    let producer = serve(
+        options,
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &publish_url),
+            ("BRIDGE_OBSERVE_URL", &observe_url),
+        ],
+    )
+    .await?;
+    let raw = Raw::connect(&options.amqp_url).await?;
+    let pid = bridge.pid().context("bridge pid")?;
+    let mut rss = cost::Rss {
+        idle_kib: cost::rss_kib(pid)?,
+        peak_kib: 0,
+    };
+
+    let generate_url = producer.url("/generate");
+    let generate: MakeRequest = Arc::new(move |c, _| c.get(&generate_url));
+    let direct_url = publish_url.clone();
+    let direct: MakeRequest = Arc::new(move |c, n| {
+        c.post(&direct_url)
+            .header("content-type", "application/json")
+            .body(
+                json!({ "id": format!("bench-{n}"), "created_at": "2026-01-01T00:00:00Z" })
+                    .to_string(),
+            )
+    });
+
+    let mut rows = Vec::new();
+    for &concurrency in &options.concurrency {
+        let mut a = Row::new(
+            "(a) /generate: Wasm producer → bridge → RabbitMQ",
+            concurrency,
+        );
+        let mut b = Row::new("(b) bridge publish API → RabbitMQ", concurrency);
+        let mut c = Row::new("(c) raw lapin, pipelined confirms", concurrency);
+        // Warm-up: connections, pools, JIT caches, the queue's first segment.
+        let warm = (options.count / 5).max(10);
+        load::closed_loop(warm, concurrency, 202, generate.clone()).await?;
+        load::closed_loop(warm, concurrency, 202, direct.clone()).await?;
+        raw.publish(&queue, warm, concurrency).await?;
+        raw.purge(&queue).await?;
+        for _ in 0..options.runs {
+            // Interleaved, so that drift affects the three cases alike.
+            let sampler = cost::sample_rss(pid);
+            a.add(&load::closed_loop(options.count, concurrency, 202, generate.clone()).await?);
+            b.add(&load::closed_loop(options.count, concurrency, 202, direct.clone()).await?);
+            rss.peak_kib = rss.peak_kib.max(sampler.stop().await);
+            c.add(&raw.publish(&queue, options.count, concurrency).await?);
+            raw.purge(&queue).await?;
+        }
+        rows.extend([a, b, c]);
+    }
+    let _ = raw
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    bridge.sigterm()?;
+    Ok((rows, rss))
+}
+
+/// The cumulative buckets of `host_bridge_job_duration_seconds` from a scrape.
+fn job_buckets(text: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with("host_bridge_job_duration_seconds_bucket{"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Consume path, `WORK_DURATION_MS=0`: the bridge pushing to the Wasm worker,
+/// to a trivial native handler, and raw lapin consume + ack.
+async fn consume_path(options: &Options) -> Result<Vec<Row>> {
+    let raw = Raw::connect(&options.amqp_url).await?;
+    let wasm_worker = serve(options, "worker", &[("WORK_DURATION_MS", "0")]).await?;
+    let native = native_worker().await?;
+    let mut rows = Vec::new();
+    for &prefetch in &options.prefetch {
+        for (case, url) in [
+            ("bridge → Wasm worker", wasm_worker.url("/work")),
+            ("bridge → native handler", native.clone()),
+        ] {
+            let queue = queue_name("consume");
+            let p = prefetch.to_string();
+            let bridge = BridgeProcess::spawn_binary(
+                &options.bridge,
+                &options.amqp_url,
+                &[
+                    "--roles",
+                    "consume",
+                    "--queue",
+                    &queue,
+                    "--worker-url",
+                    &url,
+                    "--concurrency",
+                    &p,
+                ],
+            )
+            .await?;
+            bridge.wait_ready().await;
+            let mut row = Row::new(case, prefetch.into());
+            let warm = (options.count / 5).max(10);
+            drain_through_bridge(&raw, &bridge, &queue, warm).await?;
+            for _ in 0..options.runs {
+                let (elapsed, delta) =
+                    drain_through_bridge(&raw, &bridge, &queue, options.count).await?;
+                row.rates.push(options.count as f64 / elapsed.as_secs_f64());
+                row.p50.push(histogram_quantile(0.5, &delta) * 1e3);
+                row.p99.push(histogram_quantile(0.99, &delta) * 1e3);
+            }
+            bridge.sigterm()?;
+            let _ = raw
+                .channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+            rows.push(row);
+        }
+        // Raw: a queue declared as the bridge declares it.
+        let queue = queue_name("consume-raw");
+        let declarer = BridgeProcess::spawn_binary(
+            &options.bridge,
+            &options.amqp_url,
+            &["--roles", "publish", "--queue", &queue],
+        )
+        .await?;
+        declarer.wait_ready().await;
+        let mut row = Row::new("raw lapin consume + ack", prefetch.into());
+        for n in 0..=options.runs {
+            let count = if n == 0 {
+                (options.count / 5).max(10)
+            } else {
+                options.count
+            };
+            let consumer = {
+                let (url, queue) = (options.amqp_url.clone(), queue.clone());
+                tokio::spawn(async move {
+                    Raw::connect(&url)
+                        .await?
+                        .consume(&queue, count, prefetch)
+                        .await
+                })
+            };
+            raw.publish(&queue, count, 256).await?;
+            let run = consumer.await??;
+            if n > 0 {
+                row.add(&run);
+            }
+        }
+        declarer.sigterm()?;
+        let _ = raw
+            .channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Publishes `count` jobs and waits until the bridge has acked them all.
+/// Returns the wall time and the job-duration histogram's change.
+async fn drain_through_bridge(
+    raw: &Raw,
+    bridge: &BridgeProcess,
+    queue: &str,
+    count: usize,
+) -> Result<(Duration, Vec<(f64, f64)>)> {
+    let before = bridge.admin("/metrics").await?.1;
+    let acked_before =
+        e2e::metric_value(&before, "host_bridge_jobs_total", &[("outcome", "acked")]);
+    let started = Instant::now();
+    raw.publish(queue, count, 256).await?;
+    let target = acked_before + count as f64;
+    let after = loop {
+        let text = bridge.admin("/metrics").await?.1;
+        let acked = e2e::metric_value(&text, "host_bridge_jobs_total", &[("outcome", "acked")]);
+        if acked >= target {
+            break text;
+        }
+        if e2e::metric_value(&text, "host_bridge_jobs_total", &[("outcome", "requeued")]) > 0.0 {
+            bail!("the worker failed jobs during the benchmark");
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("{} of {count} jobs acked after 300 s", acked - acked_before);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let elapsed = started.elapsed();
+    let (b, a) = (job_buckets(&before), job_buckets(&after));
+    let delta = a
+        .iter()
+        .zip(b.iter().chain(std::iter::repeat(&(0.0, 0.0))))
+        .map(|(x, y)| (x.0, x.1 - y.1))
+        .collect();
+    Ok((elapsed, delta))
+}
+
+/// A trivial native HTTP worker: 200 for every POST.
+async fn native_worker() -> Result<String> {
+    let app = axum::Router::new().route(
+        "/work",
+        axum::routing::post(|| async { axum::Json(json!({ "ok": true })) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}/work"))
+}
+
+/// The report as Markdown.
+pub fn report(results: &Results, options: &Options, machine: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Machine\n\n{machine}\n");
+    let _ = writeln!(
+        out,
+        "## Method\n\n{} requests or jobs per run, {} measured runs per case after a warm-up of a fifth of that; \
+         the tables give the median and, in brackets, the spread (min–max) across runs. \
+         Publish-path latencies are per request (client send to answer); consume-path p50/p99 are the bridge's \
+         `host_bridge_job_duration_seconds` (delivery → worker answer → ack) over the run, interpolated within \
+         histogram buckets as `histogram_quantile` does; for raw lapin, the gap between consecutive deliveries.\n",
+        options.count, options.runs
+    );
+    let table = |title: &str, unit: &str, level: &str, rows: &[Row], out: &mut String| {
+        let _ = writeln!(
+            out,
+            "## {title}\n\n| case | {level} | {unit} | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|"
+        );
+        for r in rows {
+            let (rate, lo, hi) = median_spread(&r.rates);
+            let (p50, ..) = median_spread(&r.p50);
+            let (p99, p99lo, p99hi) = median_spread(&r.p99);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {rate:.0} ({lo:.0}–{hi:.0}) | {p50:.2} | {p99:.2} ({p99lo:.2}–{p99hi:.2}) |",
+                r.case, r.level
+            );
+        }
+        out.push('\n');
+    };
+    table(
+        "1. Publish path",
+        "req/s",
+        "concurrency",
+        &results.publish,
+        &mut out,
+    );
+    let _ = writeln!(out, "Ratios of medians:\n");
+    for &c in &options.concurrency {
+        let rate = |prefix: &str| {
+            results
+                .publish
+                .iter()
+                .find(|r| r.level == c && r.case.starts_with(prefix))
+                .map(Row::rate)
+                .unwrap_or(0.0)
+        };
+        let (a, b, raw) = (rate("(a)"), rate("(b)"), rate("(c)"));
+        let _ = writeln!(
+            out,
+            "- concurrency {c}: a/c = {:.0} %, b/c = {:.0} %, a/b = {:.0} %",
+            100.0 * a / raw,
+            100.0 * b / raw,
+            100.0 * a / b
+        );
+    }
+    out.push('\n');
+    table(
+        "2. Consume path (WORK_DURATION_MS=0)",
+        "jobs/s",
+        "prefetch",
+        &results.consume,
+        &mut out,
+    );
+    let _ = writeln!(out, "Ratios of medians:\n");
+    for &p in &options.prefetch {
+        let rate = |prefix: &str| {
+            results
+                .consume
+                .iter()
+                .find(|r| r.level == usize::from(p) && r.case.starts_with(prefix))
+                .map(Row::rate)
+                .unwrap_or(0.0)
+        };
+        let (wasm, native, raw) = (rate("bridge → Wasm"), rate("bridge → native"), rate("raw"));
+        let _ = writeln!(
+            out,
+            "- prefetch {p}: Wasm/raw = {:.0} %, native/raw = {:.0} %, Wasm/native = {:.0} %",
+            100.0 * wasm / raw,
+            100.0 * native / raw,
+            100.0 * wasm / native
+        );
+    }
+    out.push('\n');
+    let _ = writeln!(out, "## 3. Cost\n\n{}", results.cost.markdown());
+    out
+}
