@@ -623,3 +623,41 @@ async fn h_queue_full_answers_503_and_accepted_equals_queued() -> Result<()> {
     inspector.delete_topology(&queue).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i_queue_deleted_under_a_consumer_is_declared_again_and_consumed() -> Result<()> {
+    let rig = Rig::start("fault-i", &[]).await?;
+    assert_eq!(rig.publish("before", json!(null)).await?.status(), 202);
+    rig.wait_jobs("acked", 1.0, Duration::from_secs(10)).await;
+    // Someone deletes the queue: the broker cancels the bridge's consumer.
+    rig.inspector
+        .channel
+        .queue_delete(rig.queue.as_str().into(), Default::default())
+        .await?;
+    // The bridge declares it again when it resubscribes; until then a
+    // publish is refused (unroutable), never accepted and lost.
+    e2e::eventually(
+        "a publish accepted after the queue is back",
+        Duration::from_secs(20),
+        || async {
+            let response = rig.publish("after", json!(null)).await.ok()?;
+            (response.status() == 202).then_some(())
+        },
+    )
+    .await;
+    rig.wait_jobs("acked", 2.0, Duration::from_secs(20)).await;
+    let unroutable = rig
+        .bridge
+        .metric("host_bridge_published_total", &[("outcome", "unroutable")])
+        .await;
+    Figures {
+        accepted: 2,
+        processed: 2,
+        redelivered: 0,
+        dead_lettered: 0,
+        lost: 0,
+    }
+    .report("i: queue deleted under the consumer");
+    println!("i: publishes refused while the queue was gone: {unroutable}");
+    rig.finish().await
+}

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::broker::{Session, SessionWatch, current_session};
+use crate::broker::{Backoff, Session, SessionWatch, Topology, current_session};
 use crate::config::Config;
 use crate::metrics::{JobOutcome, Metrics};
 
@@ -201,6 +201,7 @@ impl Worker {
 /// The consume role.
 pub struct ConsumeRole {
     worker: Arc<Worker>,
+    topology: Topology,
     sessions: SessionWatch,
     consuming: Arc<AtomicBool>,
     grace: Duration,
@@ -226,6 +227,7 @@ impl ConsumeRole {
                 client,
                 metrics,
             }),
+            topology: Topology::from_config(config),
             sessions,
             consuming: Arc::new(AtomicBool::new(false)),
             grace: config.shutdown_grace,
@@ -249,20 +251,29 @@ impl ConsumeRole {
         let tracker = TaskTracker::new();
         let mut sessions = self.sessions.clone();
         let mut last_channel = None;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while let Some(session) = current_session(&mut sessions, &stop).await {
-            match self.consume_on(&session, &tracker, &stop).await {
+            match self
+                .consume_on(&session, &tracker, &stop, &mut backoff)
+                .await
+            {
                 Ok(channel) => {
                     last_channel = Some(channel);
                     break;
                 }
                 Err(e) => {
                     self.consuming.store(false, Ordering::SeqCst);
-                    warn!(error = %e, "consumer stopped; resubscribing when the broker is back");
-                    // Wait for this session to be replaced or to recover.
-                    let _ = tokio::select! {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, ?delay, "consumer stopped; resubscribing");
+                    // Resubscribe on a new session, or on this one after a
+                    // backoff: the connection may be fine while the queue
+                    // was deleted (subscribing declares it again).
+                    tokio::select! {
                         () = stop.cancelled() => break,
-                        changed = sessions.changed() => changed,
-                    };
+                        _ = sessions.changed() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
                 }
             }
         }
@@ -288,9 +299,11 @@ impl ConsumeRole {
         session: &Session,
         tracker: &TaskTracker,
         stop: &CancellationToken,
+        backoff: &mut Backoff,
     ) -> Result<Channel, ConsumeError> {
         let (channel, mut consumer) = self.subscribe(session).await?;
         self.consuming.store(true, Ordering::SeqCst);
+        backoff.reset();
         info!(queue = %self.worker.queue, prefetch = self.worker.prefetch, "consuming");
         loop {
             tokio::select! {
@@ -335,6 +348,12 @@ impl ConsumeRole {
         let channel = session
             .connection
             .create_channel()
+            .await
+            .map_err(ConsumeError::Subscribe)?;
+        // Idempotent, and it brings back a queue deleted under a running
+        // consumer, which would otherwise leave this bridge idle for good.
+        self.topology
+            .declare(&channel)
             .await
             .map_err(ConsumeError::Subscribe)?;
         // Prefetch = concurrency: the broker never hands this bridge more

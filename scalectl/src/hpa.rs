@@ -1,0 +1,431 @@
+//! The HPA v2 controller's decision for one External `AverageValue` metric,
+//! following upstream `pkg/controller/podautoscaler` (replica_calculator.go
+//! and horizontal.go): the replica count from the metric with the 0.1
+//! tolerance, the stabilization windows, the scaling policies with
+//! `selectPolicy`, and the min/max clamps.
+//!
+//! This module holds only the controller's arithmetic; the world it acts on
+//! (queue, pods, metric lag) is simulated in `plan`.
+
+use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler};
+
+/// The controller's default tolerance (`--horizontal-pod-autoscaler-tolerance`).
+pub const TOLERANCE: f64 = 0.1;
+/// The controller's sync period (`--horizontal-pod-autoscaler-sync-period`).
+pub const SYNC_PERIOD: f64 = 15.0;
+
+/// One scaling policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Policy {
+    /// At most this many pods per period.
+    Pods { value: i32, period: f64 },
+    /// At most this percent of the pods at the period's start, per period.
+    Percent { value: i32, period: f64 },
+}
+
+impl Policy {
+    fn period(&self) -> f64 {
+        match self {
+            Policy::Pods { period, .. } | Policy::Percent { period, .. } => *period,
+        }
+    }
+}
+
+/// How policies combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    /// The policy allowing the most change.
+    Max,
+    /// The policy allowing the least change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// `behavior.scaleUp` or `behavior.scaleDown`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    /// `stabilizationWindowSeconds`.
+    pub stabilization: f64,
+    /// `policies`.
+    pub policies: Vec<Policy>,
+    /// `selectPolicy`.
+    pub select: Select,
+}
+
+impl Rules {
+    /// The API server's default for scale-up: no stabilization; 4 pods or
+    /// 100 % per 15 s, whichever is more.
+    pub fn default_up() -> Self {
+        Self {
+            stabilization: 0.0,
+            policies: vec![
+                Policy::Pods {
+                    value: 4,
+                    period: 15.0,
+                },
+                Policy::Percent {
+                    value: 100,
+                    period: 15.0,
+                },
+            ],
+            select: Select::Max,
+        }
+    }
+
+    /// The API server's default for scale-down: 300 s stabilization; 100 %
+    /// per 15 s.
+    pub fn default_down() -> Self {
+        Self {
+            stabilization: 300.0,
+            policies: vec![Policy::Percent {
+                value: 100,
+                period: 15.0,
+            }],
+            select: Select::Max,
+        }
+    }
+
+    fn from_api(rules: Option<&HPAScalingRules>, default: Rules) -> Rules {
+        let Some(rules) = rules else { return default };
+        let policies = rules.policies.as_ref().map(|ps| {
+            ps.iter()
+                .filter_map(|p| match p.type_.as_str() {
+                    "Pods" => Some(Policy::Pods {
+                        value: p.value,
+                        period: f64::from(p.period_seconds),
+                    }),
+                    "Percent" => Some(Policy::Percent {
+                        value: p.value,
+                        period: f64::from(p.period_seconds),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        });
+        Rules {
+            stabilization: rules
+                .stabilization_window_seconds
+                .map_or(default.stabilization, f64::from),
+            policies: policies.unwrap_or(default.policies),
+            select: match rules.select_policy.as_deref() {
+                Some("Min") => Select::Min,
+                Some("Disabled") => Select::Disabled,
+                _ => Select::Max,
+            },
+        }
+    }
+}
+
+/// The parts of an HPA the controller uses for one External AverageValue metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// `minReplicas` (default 1).
+    pub min: i32,
+    /// `maxReplicas`.
+    pub max: i32,
+    /// The `averageValue` target.
+    pub target: f64,
+    /// `behavior.scaleUp`, defaulted.
+    pub up: Rules,
+    /// `behavior.scaleDown`, defaulted.
+    pub down: Rules,
+}
+
+impl Spec {
+    /// Reads an HPA with one External metric and an AverageValue target.
+    pub fn from_hpa(hpa: &HorizontalPodAutoscaler) -> anyhow::Result<Self> {
+        let spec = hpa
+            .spec
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the HPA has no spec"))?;
+        let external = spec
+            .metrics
+            .iter()
+            .flatten()
+            .find_map(|m| m.external.as_ref())
+            .ok_or_else(|| anyhow::anyhow!("the HPA has no External metric"))?;
+        anyhow::ensure!(
+            external.target.type_ == "AverageValue",
+            "the External target must be AverageValue"
+        );
+        let target = external
+            .target
+            .average_value
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no averageValue"))?
+            .0
+            .parse::<f64>()?;
+        let behavior = spec.behavior.as_ref();
+        Ok(Self {
+            min: spec.min_replicas.unwrap_or(1),
+            max: spec.max_replicas,
+            target,
+            up: Rules::from_api(
+                behavior.and_then(|b| b.scale_up.as_ref()),
+                Rules::default_up(),
+            ),
+            down: Rules::from_api(
+                behavior.and_then(|b| b.scale_down.as_ref()),
+                Rules::default_down(),
+            ),
+        })
+    }
+}
+
+/// The replica count the metric asks for (`GetExternalPerPodMetricReplicas`):
+/// `ceil(metric / target)`, unless within the tolerance of the current count.
+pub fn metric_replicas(metric: f64, target: f64, status_replicas: i32) -> i32 {
+    let ratio = metric / (target * f64::from(status_replicas));
+    if (1.0 - ratio).abs() > TOLERANCE {
+        (metric / target).ceil() as i32
+    } else {
+        status_replicas
+    }
+}
+
+/// The controller's memory between syncs for one HPA.
+#[derive(Debug, Clone, Default)]
+pub struct Controller {
+    recommendations: Vec<(f64, i32)>,
+    up_events: Vec<(f64, i32)>,
+    down_events: Vec<(f64, i32)>,
+}
+
+impl Controller {
+    /// One sync at time `now` (seconds): the new replica count for a metric
+    /// value, given the current (spec) replicas.
+    pub fn sync(&mut self, spec: &Spec, now: f64, metric: f64, current: i32) -> i32 {
+        let desired = if current > spec.max {
+            spec.max
+        } else if current < spec.min {
+            spec.min
+        } else {
+            let proposed = metric_replicas(metric, spec.target, current.max(1));
+            let stabilized = self.stabilize(spec, now, current, proposed);
+            self.limit(spec, now, current, stabilized)
+        };
+        if desired > current {
+            self.up_events.push((now, desired - current));
+        } else if desired < current {
+            self.down_events.push((now, current - desired));
+        }
+        desired
+    }
+
+    /// `stabilizeRecommendationWithBehaviors`: scale up to at most the
+    /// lowest recommendation within the up window, down to at least the
+    /// highest within the down window.
+    fn stabilize(&mut self, spec: &Spec, now: f64, current: i32, proposed: i32) -> i32 {
+        let (up_cutoff, down_cutoff) = (now - spec.up.stabilization, now - spec.down.stabilization);
+        let mut up = proposed;
+        let mut down = proposed;
+        for &(at, rec) in &self.recommendations {
+            if at > up_cutoff {
+                up = up.min(rec);
+            }
+            if at > down_cutoff {
+                down = down.max(rec);
+            }
+        }
+        let keep_after = up_cutoff.min(down_cutoff);
+        self.recommendations.retain(|(at, _)| *at > keep_after);
+        self.recommendations.push((now, proposed));
+        current.max(up).min(down)
+    }
+
+    /// `convertDesiredReplicasWithBehaviorRate`: the policies' rate limits and
+    /// the min/max clamps.
+    fn limit(&self, spec: &Spec, now: f64, current: i32, desired: i32) -> i32 {
+        if desired > current {
+            let limit = self.scale_up_limit(&spec.up, now, current).max(current);
+            desired.min(spec.max.min(limit))
+        } else if desired < current {
+            let limit = self.scale_down_limit(&spec.down, now, current).min(current);
+            desired.max(spec.min.max(limit))
+        } else {
+            desired
+        }
+    }
+
+    fn changed_in(events: &[(f64, i32)], now: f64, period: f64) -> i32 {
+        events
+            .iter()
+            .filter(|(at, _)| *at > now - period)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn period_start(&self, now: f64, current: i32, period: f64) -> i32 {
+        current - Self::changed_in(&self.up_events, now, period)
+            + Self::changed_in(&self.down_events, now, period)
+    }
+
+    fn scale_up_limit(&self, rules: &Rules, now: f64, current: i32) -> i32 {
+        let pick: fn(i32, i32) -> i32 = match rules.select {
+            Select::Disabled => return current,
+            Select::Min => i32::min,
+            Select::Max => i32::max,
+        };
+        let mut result = if rules.select == Select::Min {
+            i32::MAX
+        } else {
+            i32::MIN
+        };
+        for policy in &rules.policies {
+            let start = self.period_start(now, current, policy.period());
+            let proposed = match *policy {
+                Policy::Pods { value, .. } => start + value,
+                Policy::Percent { value, .. } => {
+                    (f64::from(start) * (1.0 + f64::from(value) / 100.0)).ceil() as i32
+                }
+            };
+            result = pick(result, proposed);
+        }
+        result
+    }
+
+    fn scale_down_limit(&self, rules: &Rules, now: f64, current: i32) -> i32 {
+        // For scale-down, "Max" picks the policy that removes the most pods:
+        // the lowest limit.
+        let pick: fn(i32, i32) -> i32 = match rules.select {
+            Select::Disabled => return current,
+            Select::Min => i32::max,
+            Select::Max => i32::min,
+        };
+        let mut result = if rules.select == Select::Min {
+            i32::MIN
+        } else {
+            i32::MAX
+        };
+        for policy in &rules.policies {
+            let start = self.period_start(now, current, policy.period());
+            let proposed = match *policy {
+                Policy::Pods { value, .. } => start - value,
+                Policy::Percent { value, .. } => {
+                    (f64::from(start) * (1.0 - f64::from(value) / 100.0)) as i32
+                }
+            };
+            result = pick(result, proposed);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(min: i32, max: i32, target: f64, up: Rules, down: Rules) -> Spec {
+        Spec {
+            min,
+            max,
+            target,
+            up,
+            down,
+        }
+    }
+
+    #[test]
+    fn tolerance_edge() {
+        // 4 pods, target 5: 22 is a ratio of 1.1, inside the tolerance.
+        assert_eq!(metric_replicas(22.0, 5.0, 4), 4);
+        // 22.5 is a ratio of 1.125: outside, ceil(22.5 / 5) = 5.
+        assert_eq!(metric_replicas(22.5, 5.0, 4), 5);
+        // Below: 17.5 is 0.875, outside: ceil(3.5) = 4... which is current.
+        assert_eq!(metric_replicas(17.5, 5.0, 4), 4);
+        assert_eq!(metric_replicas(17.0, 5.0, 4), 4);
+        assert_eq!(metric_replicas(15.0, 5.0, 4), 3);
+    }
+
+    #[test]
+    fn min_and_max_clamp() {
+        let s = spec(
+            2,
+            6,
+            5.0,
+            Rules::default_up(),
+            Rules {
+                stabilization: 0.0,
+                ..Rules::default_down()
+            },
+        );
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&s, 0.0, 1000.0, 2), 6, "clamped to max");
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&s, 0.0, 0.0, 4), 2, "clamped to min");
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&s, 0.0, 0.0, 1), 2, "below min: raised to min");
+    }
+
+    #[test]
+    fn scale_up_limited_to_4_pods_or_100_percent_per_15_s() {
+        let s = spec(1, 100, 1.0, Rules::default_up(), Rules::default_down());
+        let mut c = Controller::default();
+        // From 1: max(1 + 4, 2 * 1) = 5.
+        assert_eq!(c.sync(&s, 0.0, 100.0, 1), 5);
+        // 15 s later the window has passed: max(5 + 4, 10) = 10.
+        assert_eq!(c.sync(&s, 15.0, 100.0, 5), 10);
+        assert_eq!(c.sync(&s, 30.0, 100.0, 10), 20);
+        // Within the same period, nothing more is allowed.
+        assert_eq!(c.sync(&s, 35.0, 100.0, 20), 20);
+    }
+
+    #[test]
+    fn select_policy_min_takes_the_smaller_step() {
+        let up = Rules {
+            select: Select::Min,
+            ..Rules::default_up()
+        };
+        let s = spec(1, 100, 1.0, up, Rules::default_down());
+        let mut c = Controller::default();
+        // min(1 + 4, 2) = 2.
+        assert_eq!(c.sync(&s, 0.0, 100.0, 1), 2);
+        let mut c = Controller::default();
+        // From 10: min(14, 20) = 14.
+        assert_eq!(c.sync(&s, 0.0, 100.0, 10), 14);
+    }
+
+    #[test]
+    fn stabilization_holds_a_scale_down() {
+        let down = Rules {
+            stabilization: 60.0,
+            policies: vec![Policy::Percent {
+                value: 100,
+                period: 15.0,
+            }],
+            select: Select::Max,
+        };
+        let s = spec(1, 20, 5.0, Rules::default_up(), down);
+        let mut c = Controller::default();
+        assert_eq!(
+            c.sync(&s, 0.0, 50.0, 10),
+            10,
+            "ceil(50 / 5) = 10: no change"
+        );
+        // The queue empties: the recommendation is 1, but the highest within
+        // the last 60 s is still 10.
+        assert_eq!(c.sync(&s, 15.0, 0.0, 10), 10);
+        assert_eq!(c.sync(&s, 45.0, 0.0, 10), 10);
+        // At 75 s the 10 from t=0 is out of the window.
+        assert_eq!(c.sync(&s, 75.0, 0.0, 10), 1);
+    }
+
+    #[test]
+    fn scale_down_percent_policy_rounds_down_and_counts_the_period() {
+        let down = Rules {
+            stabilization: 0.0,
+            policies: vec![Policy::Percent {
+                value: 50,
+                period: 60.0,
+            }],
+            select: Select::Max,
+        };
+        let s = spec(1, 20, 5.0, Rules::default_up(), down);
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&s, 0.0, 0.0, 9), 4, "9 * 0.5 = 4.5, truncated");
+        // Still in the same 60 s: the period started at 9, 5 already removed.
+        assert_eq!(c.sync(&s, 15.0, 0.0, 4), 4);
+        assert_eq!(c.sync(&s, 61.0, 0.0, 4), 2);
+    }
+}
