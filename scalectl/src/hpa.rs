@@ -328,8 +328,11 @@ mod tests {
 
     #[test]
     fn tolerance_edge() {
-        // 4 pods, target 5: 22 is a ratio of 1.1, inside the tolerance.
-        assert_eq!(metric_replicas(22.0, 5.0, 4), 4);
+        // 4 pods, target 5: 21.9 is a ratio of 1.095, inside the tolerance.
+        assert_eq!(metric_replicas(21.9, 5.0, 4), 4);
+        // Exactly 1.1 is outside, as upstream computes it in floating point:
+        // |1 - 22/20| = 0.10000000000000009 > 0.1.
+        assert_eq!(metric_replicas(22.0, 5.0, 4), 5);
         // 22.5 is a ratio of 1.125: outside, ceil(22.5 / 5) = 5.
         assert_eq!(metric_replicas(22.5, 5.0, 4), 5);
         // Below: 17.5 is 0.875, outside: ceil(3.5) = 4... which is current.

@@ -2,9 +2,11 @@
 //!
 //! - `plan` (`hpa`, `plan`, `chart`): predicts how an HPA scales a load,
 //!   before deploying it.
+//! - `load`: fires `/generate` at a target and summarizes the answers.
 
 pub mod chart;
 pub mod hpa;
+pub mod load;
 pub mod plan;
 
 use std::path::Path;

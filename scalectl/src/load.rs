@@ -32,7 +32,10 @@ pub struct LoadOptions {
 /// Parses `20/s`, `600/m` or a bare number (per second).
 pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
     let (number, unit) = text.split_once('/').unwrap_or((text, "s"));
-    let n: f64 = number.trim().parse().with_context(|| format!("not a rate: {text:?} (try 20/s)"))?;
+    let n: f64 = number
+        .trim()
+        .parse()
+        .with_context(|| format!("not a rate: {text:?} (try 20/s)"))?;
     let per_second = match unit.trim() {
         "s" | "sec" => n,
         "m" | "min" => n / 60.0,
@@ -67,13 +70,15 @@ impl Summary {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
-        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        let rank =
+            ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
         self.latencies[rank - 1]
     }
 
     /// Requests answered per second.
     pub fn achieved_rate(&self) -> f64 {
-        (self.accepted + self.rejected + self.errors) as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+        (self.accepted + self.rejected + self.errors) as f64
+            / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
     /// The closing summary, for a terminal.
@@ -103,11 +108,18 @@ struct Counters {
 
 /// Runs the load until its count or duration is reached or `stop` resolves
 /// (Ctrl-C); in-flight requests are awaited either way.
-pub async fn run(options: &LoadOptions, progress: Option<ProgressBar>, stop: impl Future<Output = ()>) -> anyhow::Result<Summary> {
+pub async fn run(
+    options: &LoadOptions,
+    progress: Option<ProgressBar>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Summary> {
     if options.count.is_none() && options.duration.is_none() {
         bail!("give --count or --duration: a load must be bounded");
     }
-    let client = reqwest::Client::builder().timeout(options.timeout).tcp_nodelay(true).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .tcp_nodelay(true)
+        .build()?;
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let ids = Arc::new(Mutex::new(Vec::new()));
@@ -115,11 +127,15 @@ pub async fn run(options: &LoadOptions, progress: Option<ProgressBar>, stop: imp
     let issued = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
-    let mut tick = options.rate.map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
+    let mut tick = options
+        .rate
+        .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(stop);
     loop {
-        if options.count.is_some_and(|c| issued.load(Ordering::Relaxed) as u64 >= c)
+        if options
+            .count
+            .is_some_and(|c| issued.load(Ordering::Relaxed) as u64 >= c)
             || deadline.is_some_and(|d| Instant::now() >= d)
         {
             break;
@@ -136,7 +152,12 @@ pub async fn run(options: &LoadOptions, progress: Option<ProgressBar>, stop: imp
         };
         issued.fetch_add(1, Ordering::Relaxed);
         let (client, url) = (client.clone(), options.url.clone());
-        let (counters, latencies, ids, progress) = (counters.clone(), latencies.clone(), ids.clone(), progress.clone());
+        let (counters, latencies, ids, progress) = (
+            counters.clone(),
+            latencies.clone(),
+            ids.clone(),
+            progress.clone(),
+        );
         tasks.spawn(async move {
             let sent = Instant::now();
             let answer = client.get(&url).send().await;
@@ -201,7 +222,12 @@ mod tests {
 
     #[test]
     fn summary_quantiles() {
-        let s = Summary { latencies: (1..=100).map(Duration::from_millis).collect(), accepted: 100, elapsed: Duration::from_secs(10), ..Summary::default() };
+        let s = Summary {
+            latencies: (1..=100).map(Duration::from_millis).collect(),
+            accepted: 100,
+            elapsed: Duration::from_secs(10),
+            ..Summary::default()
+        };
         assert_eq!(s.quantile(0.5), Duration::from_millis(50));
         assert_eq!(s.quantile(0.99), Duration::from_millis(99));
         assert_eq!(s.achieved_rate(), 10.0);

@@ -21,6 +21,47 @@ struct Cli {
 enum Command {
     /// Predict how an HPA scales a load: replicas, drain time, a chart.
     Plan(PlanArgs),
+    /// Fire /generate at a target, at a rate or a concurrency, and summarize.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The /generate URL.
+    #[arg(long, default_value = "http://127.0.0.1:3000/generate")]
+    url: String,
+    /// Requests per second, e.g. 20/s or 600/m; without it, a closed loop at --concurrency.
+    #[arg(long, value_parser = scalectl::load::parse_rate)]
+    rate: Option<f64>,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Stop after this many requests.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long, e.g. 30s.
+    #[arg(long, value_parser = humantime_duration)]
+    duration: Option<std::time::Duration>,
+    /// Write the accepted job ids here, one per line.
+    #[arg(long)]
+    ids: Option<PathBuf>,
+}
+
+fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (try 30s)"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in {text:?} (ms, s or m)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(clap::Args)]
@@ -65,6 +106,7 @@ struct PlanArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Load(args) => load(args),
         Command::Plan(args) => {
             let hpa = scalectl::read_hpa(&args.hpa)?;
             let spec = scalectl::hpa::Spec::from_hpa(&hpa).context("reading the HPA")?;
@@ -118,4 +160,36 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let options = scalectl::load::LoadOptions {
+        url: args.url,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        count: args.count,
+        duration: args.duration,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let bar = match options.count {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos} sent  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let summary = runtime.block_on(scalectl::load::run(&options, Some(bar.clone()), async {
+        // Ctrl-C stops sending; the summary covers what was sent.
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    bar.finish_and_clear();
+    println!("{}", summary.render());
+    if let Some(path) = args.ids {
+        std::fs::write(&path, summary.ids.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("accepted ids written to {}", path.display());
+    }
+    Ok(())
 }

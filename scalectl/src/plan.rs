@@ -111,8 +111,9 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let mut replicas = scenario.initial_replicas;
     let mut ready = 0;
     let mut burst_pending = true;
-    let mut arrived = 0.0;
-    let total = f64::from(scenario.burst) + scenario.rate * scenario.rate_duration;
+    let mut rate_arrived = 0u32;
+    let steady = |t: f64| (scenario.rate * t.min(scenario.rate_duration) + 1e-9).floor() as u32;
+    let total = scenario.burst + steady(scenario.rate_duration);
     let (mut stats, mut scraped) = (0.0, 0.0);
     let mut ticks = Vec::new();
     let mut peak = replicas;
@@ -130,13 +131,10 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         if burst_pending && t + 1e-9 >= scenario.burst_at {
             burst_pending = false;
             ready += scenario.burst;
-            arrived += f64::from(scenario.burst);
         }
-        if t < scenario.rate_duration {
-            arrived += scenario.rate * STEP;
-            let seen = i64::from(done + ready + in_hand(&pods));
-            ready += u32::try_from(arrived.floor() as i64 - seen).unwrap_or(0);
-        }
+        let due = steady(t);
+        ready += due - rate_arrived;
+        rate_arrived = due;
         // Finished jobs leave; pods that were removed go once idle.
         for pod in &mut pods {
             let before = pod.busy.len();
@@ -155,12 +153,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
             }
         }
         let unacked = in_hand(&pods);
-        if drain_time.is_none()
-            && !burst_pending
-            && f64::from(done) >= total
-            && ready == 0
-            && unacked == 0
-        {
+        if drain_time.is_none() && !burst_pending && done >= total && ready == 0 && unacked == 0 {
             drain_time = Some(t - scenario.burst_at.min(t));
         }
         // The metric pipeline: broker stats, then the scrape.

@@ -1,0 +1,75 @@
+//! `scalectl plan` on the repo's own HPA reproduces what the HPA's comments
+//! claim, and its chart is a well-formed SVG with both series.
+
+use std::path::Path;
+
+use scalectl::hpa::Spec;
+use scalectl::plan::{Scenario, plan};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[test]
+fn our_hpa_drains_a_300_job_burst_as_its_comment_claims() -> anyhow::Result<()> {
+    let path = Path::new(ROOT).join("manifests/hpa.yaml");
+    let spec = Spec::from_hpa(&scalectl::read_hpa(&path)?)?;
+    let text = std::fs::read_to_string(&path)?;
+    // "...so the burst drains in about 110-120 s; the physical lower bound
+    // with 20 workers is ceil(300/20) * 5 s = 75 s."
+    let claim = text
+        .split("drains in about ")
+        .nth(1)
+        .and_then(|s| s.split(" s").next())
+        .expect("a drain claim");
+    let (low, high) = claim.split_once('-').expect("a range");
+    let (low, high): (f64, f64) = (low.trim().parse()?, high.trim().parse()?);
+    let result = plan(
+        &spec,
+        &Scenario {
+            burst: 300,
+            ..Scenario::default()
+        },
+    );
+    let drain = result.drain_time.expect("the burst drains");
+    println!(
+        "plan: drained in {drain} s, claim {low}-{high} s, lower bound {} s",
+        result.lower_bound
+    );
+    assert!(
+        (low..=high).contains(&drain),
+        "drained in {drain} s; hpa.yaml claims {low}-{high} s"
+    );
+    assert_eq!(result.peak_replicas, spec.max);
+    assert!(
+        text.contains(&format!("= {} s", result.lower_bound)),
+        "the lower bound in the comment"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_chart_is_well_formed_svg_with_both_series() -> anyhow::Result<()> {
+    let spec = Spec::from_hpa(&scalectl::read_hpa(
+        &Path::new(ROOT).join("manifests/hpa.yaml"),
+    )?)?;
+    let result = plan(
+        &spec,
+        &Scenario {
+            burst: 60,
+            ..Scenario::default()
+        },
+    );
+    let svg = scalectl::chart::plan_svg(&result, "test")?;
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // Every element that opens closes: count tags the cheap way.
+    let opens = svg.matches('<').count();
+    let closes = svg.matches('>').count();
+    assert_eq!(opens, closes);
+    for label in ["queue depth (ready + unacked)", "replicas"] {
+        assert!(svg.contains(label), "legend {label} missing");
+    }
+    assert!(
+        svg.matches("<polyline").count() >= 3,
+        "queue depth, metric and replica lines"
+    );
+    Ok(())
+}
