@@ -25,6 +25,9 @@ use crate::load::MakeRequest;
 use crate::raw::Raw;
 use crate::stats::{Run, histogram_quantile, median_spread};
 
+/// Outstanding confirms in the raw publisher.
+const RAW_WINDOW: usize = 1024;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -180,6 +183,14 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
         ],
     )
     .await?;
+    // The same, without the after-answer report to /v1/observe: what the
+    // producer metrics cost.
+    let quiet = serve(
+        options,
+        "producer",
+        &[("BRIDGE_PUBLISH_URL", &publish_url), ("BRIDGE_OBSERVE_URL", "off")],
+    )
+    .await?;
     let raw = Raw::connect(&options.amqp_url).await?;
     let pid = bridge.pid().context("bridge pid")?;
     let mut rss = cost::Rss {
@@ -189,6 +200,8 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
 
     let generate_url = producer.url("/generate");
     let generate: MakeRequest = Arc::new(move |c, _| c.get(&generate_url));
+    let quiet_url = quiet.url("/generate");
+    let generate_quiet: MakeRequest = Arc::new(move |c, _| c.get(&quiet_url));
     let direct_url = publish_url.clone();
     let direct: MakeRequest = Arc::new(move |c, n| {
         c.post(&direct_url)
@@ -205,24 +218,30 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
             "(a) /generate: Wasm producer → bridge → RabbitMQ",
             concurrency,
         );
+        let mut a_quiet = Row::new("(a′) the same, BRIDGE_OBSERVE_URL=off", concurrency);
         let mut b = Row::new("(b) bridge publish API → RabbitMQ", concurrency);
-        let mut c = Row::new("(c) raw lapin, pipelined confirms", concurrency);
+        let mut c = Row::new("(c) raw lapin, confirms pipelined 1024 deep", concurrency);
         // Warm-up: connections, pools, JIT caches, the queue's first segment.
         let warm = (options.count / 5).max(10);
         load::closed_loop(warm, concurrency, 202, generate.clone()).await?;
+        load::closed_loop(warm, concurrency, 202, generate_quiet.clone()).await?;
         load::closed_loop(warm, concurrency, 202, direct.clone()).await?;
-        raw.publish(&queue, warm, concurrency).await?;
+        raw.publish(&queue, warm, RAW_WINDOW).await?;
         raw.purge(&queue).await?;
         for _ in 0..options.runs {
             // Interleaved, so that drift affects the three cases alike.
             let sampler = cost::sample_rss(pid);
             a.add(&load::closed_loop(options.count, concurrency, 202, generate.clone()).await?);
+            a_quiet.add(&load::closed_loop(options.count, concurrency, 202, generate_quiet.clone()).await?);
             b.add(&load::closed_loop(options.count, concurrency, 202, direct.clone()).await?);
             rss.peak_kib = rss.peak_kib.max(sampler.stop().await);
-            c.add(&raw.publish(&queue, options.count, concurrency).await?);
+            // The broker's limit: as deep a pipeline as a good client keeps,
+            // whatever the HTTP concurrency (re-measured per block, so its
+            // spread shows the machine's drift).
+            c.add(&raw.publish(&queue, options.count, RAW_WINDOW).await?);
             raw.purge(&queue).await?;
         }
-        rows.extend([a, b, c]);
+        rows.extend([a, a_quiet, b, c]);
     }
     let _ = raw
         .channel
@@ -433,11 +452,12 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
                 .map(Row::rate)
                 .unwrap_or(0.0)
         };
-        let (a, b, raw) = (rate("(a)"), rate("(b)"), rate("(c)"));
+        let (a, a_quiet, b, raw) = (rate("(a)"), rate("(a′)"), rate("(b)"), rate("(c)"));
         let _ = writeln!(
             out,
-            "- concurrency {c}: a/c = {:.0} %, b/c = {:.0} %, a/b = {:.0} %",
+            "- concurrency {c}: a/c = {:.0} %, a′/c = {:.0} %, b/c = {:.0} %, a/b = {:.0} %",
             100.0 * a / raw,
+            100.0 * a_quiet / raw,
             100.0 * b / raw,
             100.0 * a / b
         );
@@ -471,5 +491,32 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
     }
     out.push('\n');
     let _ = writeln!(out, "## 3. Cost\n\n{}", results.cost.markdown());
+    let _ = writeln!(out, "## 4. Scaling arithmetic\n\n{}", scaling());
     out
+}
+
+/// What `scalectl plan` predicts for a 300-job burst on the repo's HPA.
+fn scaling() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/hpa.yaml");
+    let spec = match scalectl::read_hpa(&path).and_then(|h| scalectl::hpa::Spec::from_hpa(&h)) {
+        Ok(spec) => spec,
+        Err(e) => return format!("scalectl plan could not read {}: {e}", path.display()),
+    };
+    let scenario = scalectl::plan::Scenario { burst: 300, ..Default::default() };
+    let plan = scalectl::plan::plan(&spec, &scenario);
+    format!(
+        "`scalectl plan` on `manifests/hpa.yaml`, a burst of 300 jobs of {} s, pods ready {} s after scale-up, \
+         RabbitMQ stats every {} s, a {} s scrape: peak {} replicas, first scale-up {} s after the burst, \
+         drained in {} s, against a physical lower bound of ceil(300 / {}) x {} s = {} s.\n",
+        scenario.service_time,
+        scenario.pod_start,
+        scenario.stats_interval,
+        scenario.scrape_interval,
+        plan.peak_replicas,
+        plan.first_scale_up.map_or("never".into(), |t| format!("{t:.0}")),
+        plan.drain_time.map_or("never".into(), |t| format!("{t:.0}")),
+        spec.max,
+        scenario.service_time,
+        plan.lower_bound
+    )
 }

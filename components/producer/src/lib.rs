@@ -24,7 +24,8 @@ const PUBLISH_URL_ENV: &str = "BRIDGE_PUBLISH_URL";
 const DEFAULT_PUBLISH_URL: &str = "http://127.0.0.1:9091/v1/publish";
 /// Where the producer reports each answer it gave, so that the bridge can
 /// count requests per route and responses per status (the component has no
-/// metrics endpoint of its own). Set like `BRIDGE_PUBLISH_URL`.
+/// metrics endpoint of its own). Set like `BRIDGE_PUBLISH_URL`; `off` turns
+/// the reports (and the producer metrics) off.
 const OBSERVE_URL_ENV: &str = "BRIDGE_OBSERVE_URL";
 /// host-bridge's default observation endpoint, beside the publish endpoint.
 const DEFAULT_OBSERVE_URL: &str = "http://127.0.0.1:9091/v1/observe";
@@ -214,6 +215,9 @@ async fn respond(out: ResponseOutparam, answer: Answer) {
 /// counters.
 async fn observe(route: &str, method: &Method, status: u16) {
     let url = env_or(OBSERVE_URL_ENV, DEFAULT_OBSERVE_URL);
+    if url == "off" {
+        return;
+    }
     let body =
         serde_json::json!({ "route": route, "method": method.to_string(), "status": status });
     let request = Request::post(&url, body.to_string())
