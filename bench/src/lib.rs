@@ -188,7 +188,10 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
     let quiet = serve(
         options,
         "producer",
-        &[("BRIDGE_PUBLISH_URL", &publish_url), ("BRIDGE_OBSERVE_URL", "off")],
+        &[
+            ("BRIDGE_PUBLISH_URL", &publish_url),
+            ("BRIDGE_OBSERVE_URL", "off"),
+        ],
     )
     .await?;
     let raw = Raw::connect(&options.amqp_url).await?;
@@ -232,7 +235,9 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
             // Interleaved, so that drift affects the three cases alike.
             let sampler = cost::sample_rss(pid);
             a.add(&load::closed_loop(options.count, concurrency, 202, generate.clone()).await?);
-            a_quiet.add(&load::closed_loop(options.count, concurrency, 202, generate_quiet.clone()).await?);
+            a_quiet.add(
+                &load::closed_loop(options.count, concurrency, 202, generate_quiet.clone()).await?,
+            );
             b.add(&load::closed_loop(options.count, concurrency, 202, direct.clone()).await?);
             rss.peak_kib = rss.peak_kib.max(sampler.stop().await);
             // The broker's limit: as deep a pipeline as a good client keeps,
@@ -502,7 +507,10 @@ fn scaling() -> String {
         Ok(spec) => spec,
         Err(e) => return format!("scalectl plan could not read {}: {e}", path.display()),
     };
-    let scenario = scalectl::plan::Scenario { burst: 300, ..Default::default() };
+    let scenario = scalectl::plan::Scenario {
+        burst: 300,
+        ..Default::default()
+    };
     let plan = scalectl::plan::plan(&spec, &scenario);
     format!(
         "`scalectl plan` on `manifests/hpa.yaml`, a burst of 300 jobs of {} s, pods ready {} s after scale-up, \
@@ -513,8 +521,10 @@ fn scaling() -> String {
         scenario.stats_interval,
         scenario.scrape_interval,
         plan.peak_replicas,
-        plan.first_scale_up.map_or("never".into(), |t| format!("{t:.0}")),
-        plan.drain_time.map_or("never".into(), |t| format!("{t:.0}")),
+        plan.first_scale_up
+            .map_or("never".into(), |t| format!("{t:.0}")),
+        plan.drain_time
+            .map_or("never".into(), |t| format!("{t:.0}")),
         spec.max,
         scenario.service_time,
         plan.lower_bound

@@ -1,81 +1,106 @@
-//! SVG charts: queue depth and replicas over one time axis.
+//! SVG charts: messages and replicas over one time axis, for `plan` and
+//! `watch`.
 
 use plotters::prelude::*;
 
 use crate::plan::Plan;
 
-/// Draws the plan: messages (ready + unacked) and the metric the controller
-/// saw on the left axis, replicas on the right, against seconds.
-pub fn plan_svg(plan: &Plan, title: &str) -> anyhow::Result<String> {
-    let mut svg = String::new();
+/// One named line.
+pub struct Series {
+    /// The legend label.
+    pub label: String,
+    /// (seconds, value) points.
+    pub points: Vec<(f64, f64)>,
+}
+
+fn err(e: impl std::fmt::Debug) -> anyhow::Error {
+    anyhow::anyhow!("drawing the chart: {e:?}")
+}
+
+/// Draws message series on the left axis and replica series on the right,
+/// against seconds.
+pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Result<String> {
+    let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let t_max = plan.ticks.last().map_or(60.0, |t| t.t).max(15.0);
-        let q_max = plan
-            .ticks
-            .iter()
-            .map(|t| f64::from(t.ready + t.unacked).max(t.metric))
-            .fold(1.0, f64::max);
-        let r_max = plan
-            .ticks
-            .iter()
-            .map(|t| t.replicas)
-            .max()
-            .unwrap_or(1)
-            .max(1) as f64;
+        let root = SVGBackend::with_string(&mut out, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let all = messages.iter().chain(replicas);
+        let t_max = all
+            .clone()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .fold(15.0, f64::max);
+        let top = |series: &[Series]| {
+            series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.1))
+                .fold(1.0, f64::max)
+        };
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(50)
             .right_y_label_area_size(50)
-            .build_cartesian_2d(0.0..t_max, 0.0..q_max * 1.05)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .set_secondary_coord(0.0..t_max, 0.0..r_max * 1.1);
+            .build_cartesian_2d(0.0..t_max, 0.0..top(messages) * 1.05)
+            .map_err(err)?
+            .set_secondary_coord(0.0..t_max, 0.0..top(replicas) * 1.1);
         chart
             .configure_mesh()
             .x_desc("seconds")
             .y_desc("messages")
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(err)?;
         chart
             .configure_secondary_axes()
             .y_desc("replicas")
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let depth = plan
-            .ticks
-            .iter()
-            .map(|t| (t.t, f64::from(t.ready + t.unacked)));
-        chart
-            .draw_series(LineSeries::new(depth, BLUE.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label("queue depth (ready + unacked)")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(
-                plan.ticks.iter().map(|t| (t.t, t.metric)),
-                CYAN,
-            ))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label("metric the HPA saw")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], CYAN));
-        chart
-            .draw_secondary_series(LineSeries::new(
-                plan.ticks.iter().map(|t| (t.t, f64::from(t.replicas))),
-                RED.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label("replicas")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
+            .map_err(err)?;
+        let colors = [BLUE, CYAN, GREEN];
+        for (series, color) in messages.iter().zip(colors) {
+            chart
+                .draw_series(LineSeries::new(
+                    series.points.clone(),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(series.label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+        for (series, color) in replicas.iter().zip([RED, MAGENTA, BLACK]) {
+            chart
+                .draw_secondary_series(LineSeries::new(
+                    series.points.clone(),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(series.label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(err)?;
+        root.present().map_err(err)?;
     }
-    Ok(svg)
+    Ok(out)
+}
+
+/// The plan's chart: queue depth, the metric the HPA saw, and replicas.
+pub fn plan_svg(plan: &Plan, title: &str) -> anyhow::Result<String> {
+    let line = |label: &str, f: &dyn Fn(&crate::plan::Tick) -> f64| Series {
+        label: label.to_owned(),
+        points: plan.ticks.iter().map(|t| (t.t, f(t))).collect(),
+    };
+    svg(
+        title,
+        &[
+            line("queue depth (ready + unacked)", &|t| {
+                f64::from(t.ready + t.unacked)
+            }),
+            line("metric the HPA saw", &|t| t.metric),
+        ],
+        &[line("replicas", &|t| f64::from(t.replicas))],
+    )
 }

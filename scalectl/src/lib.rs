@@ -3,11 +3,14 @@
 //! - `plan` (`hpa`, `plan`, `chart`): predicts how an HPA scales a load,
 //!   before deploying it.
 //! - `load`: fires `/generate` at a target and summarizes the answers.
+//! - `watch`: a live view of the HPA, the Deployment and the queue, kept as a
+//!   timeline (CSV, SVG).
 
 pub mod chart;
 pub mod hpa;
 pub mod load;
 pub mod plan;
+pub mod watch;
 
 use std::path::Path;
 

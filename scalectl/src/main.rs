@@ -23,6 +23,41 @@ enum Command {
     Plan(PlanArgs),
     /// Fire /generate at a target, at a rate or a concurrency, and summarize.
     Load(LoadArgs),
+    /// Watch the HPA, the worker Deployment and the queue live; on Ctrl-C
+    /// write the timeline (CSV) and a chart (SVG).
+    Watch(WatchArgs),
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// Namespace (the kubeconfig's context picks the cluster).
+    #[arg(long, short = 'n', default_value = "wasm-jobs")]
+    namespace: String,
+    /// The HPA.
+    #[arg(long, default_value = "worker")]
+    hpa: String,
+    /// The Deployment it scales.
+    #[arg(long, default_value = "worker")]
+    deployment: String,
+    /// Prometheus base URL for the queue depth (e.g. a port-forward); without
+    /// it, the depth is the HPA's metric times its replicas.
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// The PromQL for the queue depth.
+    #[arg(
+        long,
+        default_value = r#"sum(rabbitmq_detailed_queue_messages{queue="jobs"})"#
+    )]
+    query: String,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// The timeline CSV written on exit.
+    #[arg(long, default_value = "scalectl-watch.csv")]
+    csv: PathBuf,
+    /// The chart written on exit.
+    #[arg(long, default_value = "scalectl-watch.svg")]
+    svg: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +142,7 @@ struct PlanArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => load(args),
+        Command::Watch(args) => tokio::runtime::Runtime::new()?.block_on(watch(args)),
         Command::Plan(args) => {
             let hpa = scalectl::read_hpa(&args.hpa)?;
             let spec = scalectl::hpa::Spec::from_hpa(&hpa).context("reading the HPA")?;
@@ -191,5 +227,47 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("accepted ids written to {}", path.display());
     }
+    Ok(())
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    use scalectl::watch::{Watcher, csv, render, svg};
+    let client = kube::Client::try_default()
+        .await
+        .context("no usable kubeconfig")?;
+    let prometheus = args.prometheus.map(|url| (url, args.query.clone()));
+    let watcher = Watcher::new(
+        client,
+        &args.namespace,
+        &args.hpa,
+        &args.deployment,
+        prometheus,
+    );
+    let started = std::time::Instant::now();
+    let mut samples = Vec::new();
+    let mut tick =
+        tokio::time::interval(std::time::Duration::from_secs_f64(args.interval.max(0.2)));
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        match watcher.sample(started.elapsed().as_secs_f64()).await {
+            Ok(sample) => {
+                let events = watcher.recent_events(5).await.unwrap_or_default();
+                // Clear the screen and redraw.
+                print!("\x1b[2J\x1b[H{}", render(&sample, &events));
+                samples.push(sample);
+            }
+            Err(e) => eprintln!("scalectl: {e:#}"),
+        }
+    }
+    std::fs::write(&args.csv, csv(&samples))
+        .with_context(|| format!("writing {}", args.csv.display()))?;
+    let title = format!("{}/{}: queue depth and replicas", args.namespace, args.hpa);
+    std::fs::write(&args.svg, svg(&samples, &title)?)
+        .with_context(|| format!("writing {}", args.svg.display()))?;
+    println!("\nwrote {} and {}", args.csv.display(), args.svg.display());
     Ok(())
 }
