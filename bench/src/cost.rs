@@ -7,11 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use e2e::process::BridgeProcess;
 use tokio::sync::oneshot;
-use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::Options;
 use crate::stats::{median_spread, quantile};
@@ -156,72 +152,14 @@ pub async fn measure(options: &Options, rss: Rss) -> Result<Cost> {
     })
 }
 
-struct State {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    memory: usize,
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for State {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
-    }
-}
-
-impl ResourceLimiter for State {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.memory = self.memory.max(desired);
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        _desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(true)
-    }
-}
-
 /// Instantiates the worker `n` times, each in a fresh store, as a host does
 /// per request; returns the times and the linear memory one instance takes.
 async fn instantiation(n: usize) -> Result<(Vec<Duration>, usize)> {
-    let engine = e2e::wasm::engine();
-    let component = e2e::wasm::component("worker")?;
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+    let pre = e2e::wasm::proxy_pre("worker")?;
     let mut times = Vec::with_capacity(n);
     let mut memory = 0;
     for _ in 0..n {
-        let state = State {
-            wasi: WasiCtx::builder().build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            memory: 0,
-        };
-        let mut store = Store::new(engine, state);
+        let mut store = Store::new(e2e::wasm::engine(), e2e::wasm::Guest::new(&[]));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         let started = Instant::now();
         let _proxy = pre.instantiate_async(&mut store).await?;

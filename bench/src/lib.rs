@@ -80,17 +80,7 @@ async fn serve(options: &Options, name: &str, env: &[(&str, &str)]) -> Result<Se
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("failed to run {}", wasmtime.display()))?;
-    e2e::eventually(
-        "wasmtime serve to listen",
-        Duration::from_secs(30),
-        || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
+    e2e::wait_for_port("wasmtime serve to listen", port, Duration::from_secs(30)).await;
     Ok(Served::Process(child, format!("http://127.0.0.1:{port}")))
 }
 

@@ -40,6 +40,17 @@ where
     }
 }
 
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub async fn wait_for_port(what: &str, port: u16, limit: Duration) {
+    eventually(what, limit, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// Reads one sample from a Prometheus text exposition: the value of the
 /// series `name` whose labels include every `labels` pair. Missing is 0.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::eventually;
 use crate::process::free_port;
 
 /// The `rabbitmq-server` start script: `RABBITMQ_SERVER`, Debian's path, or
@@ -115,17 +114,15 @@ impl PrivateBroker {
             .context("failed to start rabbitmq-server (is RabbitMQ installed?)")?;
         self.child = Some(child);
         let port = self.port;
-        eventually(
+        crate::wait_for_port(
             "the private broker to accept AMQP",
+            port,
             Duration::from_secs(60),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
         )
         .await;
+        if let Some(p) = self.prometheus_port {
+            crate::wait_for_port("rabbitmq_prometheus to answer", p, Duration::from_secs(30)).await;
+        }
         Ok(())
     }
 

@@ -111,10 +111,58 @@ struct Host {
     answers: mpsc::UnboundedSender<Answer>,
 }
 
-struct Guest {
+/// One instance's host state: WASI, wasi:http, and the peak linear memory
+/// the instance asked for.
+pub struct Guest {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    /// The most linear memory the instance has asked for, in bytes.
+    pub memory: usize,
+}
+
+impl Guest {
+    /// State with the component's environment `env` and the host's stderr.
+    pub fn new(env: &[(String, String)]) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr().envs(env);
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            memory: 0,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for Guest {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.memory = self.memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// The component `name`, linked with WASI and wasi:http and pre-instantiated:
+/// what a host keeps, so that each request only instantiates.
+pub fn proxy_pre(name: &str) -> anyhow::Result<ProxyPre<Guest>> {
+    let mut linker = Linker::new(engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(ProxyPre::new(linker.instantiate_pre(&component(name)?)?)?)
 }
 
 impl WasiView for Guest {
@@ -138,11 +186,7 @@ impl WasiHttpView for Guest {
 
 /// Serves component `name` on 127.0.0.1:0 with environment `env`.
 pub async fn serve(name: &str, env: &[(&str, &str)]) -> anyhow::Result<ServedComponent> {
-    let component = component(name)?;
-    let mut linker = Linker::new(engine());
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+    let pre = proxy_pre(name)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let host = Arc::new(Host {
         pre,
@@ -181,16 +225,7 @@ impl Host {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> anyhow::Result<hyper::Response<Full<Bytes>>> {
-        let mut wasi = WasiCtx::builder();
-        wasi.inherit_stderr().envs(&self.env);
-        let mut store = Store::new(
-            engine(),
-            Guest {
-                wasi: wasi.build(),
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
-            },
-        );
+        let mut store = Store::new(engine(), Guest::new(&self.env));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()

@@ -411,7 +411,12 @@ async fn f_sigterm_during_a_5s_job_completes_it_acks_once_and_exits_in_time() ->
     let url = worker.url("/work");
     let publisher = RunningBridge::start_ready(&["--roles", "publish", "--queue", &queue]).await?;
     let grace = Duration::from_secs(15);
-    let mut bridge = consumer(&queue, &url, &["--shutdown-grace", "15s"]).await?;
+    let mut bridge = consumer(
+        &queue,
+        &url,
+        &["--shutdown-grace", "15s", "--job-timeout", "10s"],
+    )
+    .await?;
     let response = publish_to(&publisher.publish_url("/v1/publish"), job("f", json!(null))).await?;
     assert_eq!(response.status(), 202);
     bridge
