@@ -117,8 +117,9 @@ undeploy: ## Remove the app (keeps the Helm releases; `helm uninstall` them to r
 test: check-make wasm rabbitmq test-tools lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
 	$(CARGO) build -p host-bridge
 	@mkdir -p target
-	$(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests 2>&1 | tee target/test.log
-	@$(MAKE) --no-print-directory bench-smoke > target/bench-smoke.log 2>&1 || { cat target/bench-smoke.log; exit 1; }
+	$(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests -- --show-output 2>&1 | tee target/test.log
+	$(CARGO) build -p bench
+	@target/debug/bench --smoke --bridge target/debug/host-bridge > target/bench-smoke.log 2>&1 || { cat target/bench-smoke.log; exit 1; }
 	@echo "bench: smoke run OK (target/bench-smoke.md)"
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test.log
 
