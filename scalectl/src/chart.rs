@@ -91,7 +91,7 @@ pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Res
 pub fn plan_svg(plan: &Plan, title: &str) -> anyhow::Result<String> {
     let line = |label: &str, f: &dyn Fn(&crate::plan::Tick) -> f64| Series {
         label: label.to_owned(),
-        points: plan.ticks.iter().map(|t| (t.t, f(t))).collect(),
+        points: plan.timeline.iter().map(|t| (t.t, f(t))).collect(),
     };
     svg(
         title,

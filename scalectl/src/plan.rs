@@ -81,6 +81,8 @@ pub struct Tick {
 pub struct Plan {
     /// One row per sync.
     pub ticks: Vec<Tick>,
+    /// One row per second, for charts.
+    pub timeline: Vec<Tick>,
     /// The most replicas at any time.
     pub peak_replicas: i32,
     /// Seconds from the burst to the first scale-up, if any.
@@ -116,6 +118,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let total = scenario.burst + steady(scenario.rate_duration);
     let (mut stats, mut scraped) = (0.0, 0.0);
     let mut ticks = Vec::new();
+    let mut timeline = Vec::new();
     let mut peak = replicas;
     let mut first_scale_up = None;
     let mut drain_time = None;
@@ -163,6 +166,20 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         if every(t, scenario.scrape_interval) {
             scraped = stats;
         }
+        if every(t, 1.0) {
+            let ready_pods = pods
+                .iter()
+                .filter(|p| !p.leaving && p.ready_at <= t)
+                .count() as u32;
+            timeline.push(Tick {
+                t,
+                ready,
+                unacked,
+                metric: scraped,
+                replicas,
+                ready_pods,
+            });
+        }
         if every(t, SYNC_PERIOD) {
             let desired = controller.sync(spec, t, scraped, replicas);
             if desired > replicas {
@@ -199,6 +216,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let per_round = f64::from(spec.max.max(1) as u32 * scenario.concurrency);
     Plan {
         ticks,
+        timeline,
         peak_replicas: peak,
         first_scale_up,
         drain_time,
