@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -90,12 +91,22 @@ pub struct ServedComponent {
     /// Every answer it gave, in order.
     pub answers: mpsc::UnboundedReceiver<Answer>,
     task: tokio::task::JoinHandle<()>,
+    guests: TaskTracker,
 }
 
 impl ServedComponent {
     /// The URL for `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops accepting and waits (at most 10 s) for guests still running
+    /// after their answer, e.g. the producer's report, so that none is cut
+    /// off when the test's runtime shuts down.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        self.guests.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.guests.wait()).await;
     }
 }
 
@@ -107,6 +118,7 @@ impl Drop for ServedComponent {
 
 struct Host {
     pre: ProxyPre<Guest>,
+    guests: TaskTracker,
     env: Vec<(String, String)>,
     answers: mpsc::UnboundedSender<Answer>,
 }
@@ -188,8 +200,10 @@ impl WasiHttpView for Guest {
 pub async fn serve(name: &str, env: &[(&str, &str)]) -> anyhow::Result<ServedComponent> {
     let pre = proxy_pre(name)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let guests = TaskTracker::new();
     let host = Arc::new(Host {
         pre,
+        guests: guests.clone(),
         env: env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -217,6 +231,7 @@ pub async fn serve(name: &str, env: &[(&str, &str)]) -> anyhow::Result<ServedCom
         addr,
         answers: rx,
         task,
+        guests,
     })
 }
 
@@ -235,7 +250,7 @@ impl Host {
         let pre = self.pre.clone();
         // The guest may keep running after it has answered (the producer
         // reports its answer afterwards), so it runs in its own task.
-        let guest = tokio::spawn(async move {
+        let guest = self.guests.spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()

@@ -123,6 +123,7 @@ async fn generate_answers_202_only_once_the_broker_holds_the_job() -> Result<()>
         2.0
     );
     inspector.delete_topology(&queue).await?;
+    producer.shutdown().await;
     bridge.stop().await;
     Ok(())
 }
@@ -217,6 +218,7 @@ async fn producer_refuses_bad_input_with_json_errors_and_publishes_nothing() -> 
     assert_eq!(bridge.metric("host_bridge_published_total", &[]).await, 0.0);
     assert_eq!(inspector.ready(&queue).await?, 0);
     inspector.delete_topology(&queue).await?;
+    producer.shutdown().await;
     bridge.stop().await;
     Ok(())
 }
@@ -238,6 +240,7 @@ async fn producer_answers_503_with_retry_after_when_the_bridge_is_down() -> Resu
     assert_eq!(response.headers()["retry-after"], "1");
     let body: job::ErrorBody = response.json().await?;
     assert_eq!(body.error, "bridge_unavailable");
+    producer.shutdown().await;
     Ok(())
 }
 

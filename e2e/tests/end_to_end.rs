@@ -93,6 +93,7 @@ async fn every_accepted_job_is_processed_by_the_wasm_worker() -> Result<()> {
     assert_eq!(duplicates, 0, "no faults were injected, so no redelivery");
     let inspector = Inspector::connect().await?;
     assert_eq!(inspector.ready(&queue).await?, 0);
+    producer.shutdown().await;
     bridge.stop().await;
     inspector.delete_topology(&queue).await?;
     Ok(())

@@ -54,6 +54,7 @@ async fn load_counts_match_the_bridges_published_counter() -> Result<()> {
     assert_eq!(published, accepted as f64);
     let inspector = Inspector::connect().await?;
     assert_eq!(u64::from(inspector.ready(&queue).await?), accepted);
+    producer.shutdown().await;
     bridge.stop().await;
     inspector.delete_topology(&queue).await?;
     Ok(())
