@@ -109,6 +109,9 @@ impl PrivateBroker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: the start script runs the Erlang VM as
+            // a child, and a signal to the script alone would orphan the VM.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .context("failed to start rabbitmq-server (is RabbitMQ installed?)")?;
@@ -149,8 +152,7 @@ impl PrivateBroker {
             bail!("the broker is not running");
         };
         if let Some(pid) = child.id() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(pid as libc::pid_t, signal) };
+            signal_group(pid, signal);
         }
         tokio::time::timeout(Duration::from_secs(60), child.wait())
             .await
@@ -159,10 +161,16 @@ impl PrivateBroker {
     }
 }
 
+/// Sends `signal` to the process group led by `pid`.
+fn signal_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on the process group of our own child.
+    unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+}
+
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            signal_group(pid, libc::SIGKILL);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
