@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::process::free_port;
+use crate::process::free_ports;
 
 /// The `rabbitmq-server` start script: `RABBITMQ_SERVER`, Debian's path, or
 /// the one on PATH.
@@ -50,9 +50,8 @@ impl PrivateBroker {
     }
 
     async fn start_node(test: &str, prometheus: bool) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let dist_port = free_port()?;
-        let prometheus_port = if prometheus { Some(free_port()?) } else { None };
+        let [port, dist_port, metrics_port] = free_ports()?;
+        let prometheus_port = prometheus.then_some(metrics_port);
         let name = format!("e2e-{test}-{port}");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;

@@ -23,9 +23,20 @@ pub fn bridge_binary() -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(free_ports::<1>()?[0])
+}
+
+/// `N` distinct ports that were free a moment ago. All are held until all
+/// are found: asked one at a time, the OS may hand out the same one twice.
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// A host-bridge child process.
@@ -56,8 +67,9 @@ impl BridgeProcess {
                 binary.display()
             );
         }
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let publish_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let [admin_port, publish_port] = free_ports()?;
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let publish_addr = SocketAddr::from(([127, 0, 0, 1], publish_port));
         let child = Command::new(binary)
             .args(args)
             .env("AMQP_URL", amqp_url)

@@ -167,18 +167,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
             scraped = stats;
         }
         if every(t, 1.0) {
-            let ready_pods = pods
-                .iter()
-                .filter(|p| !p.leaving && p.ready_at <= t)
-                .count() as u32;
-            timeline.push(Tick {
-                t,
-                ready,
-                unacked,
-                metric: scraped,
-                replicas,
-                ready_pods,
-            });
+            timeline.push(snapshot(t, ready, unacked, scraped, replicas, &pods));
         }
         if every(t, SYNC_PERIOD) {
             let desired = controller.sync(spec, t, scraped, replicas);
@@ -196,18 +185,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
             }
             replicas = desired;
             peak = peak.max(replicas);
-            let ready_pods = pods
-                .iter()
-                .filter(|p| !p.leaving && p.ready_at <= t)
-                .count() as u32;
-            ticks.push(Tick {
-                t,
-                ready,
-                unacked,
-                metric: scraped,
-                replicas,
-                ready_pods,
-            });
+            ticks.push(snapshot(t, ready, unacked, scraped, replicas, &pods));
             if drain_time.is_some() && replicas == spec.min {
                 break;
             }
@@ -221,6 +199,22 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         first_scale_up,
         drain_time,
         lower_bound: (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time,
+    }
+}
+
+/// The state at `t`, as a table row.
+fn snapshot(t: f64, ready: u32, unacked: u32, metric: f64, replicas: i32, pods: &[Pod]) -> Tick {
+    let ready_pods = pods
+        .iter()
+        .filter(|p| !p.leaving && p.ready_at <= t)
+        .count() as u32;
+    Tick {
+        t,
+        ready,
+        unacked,
+        metric,
+        replicas,
+        ready_pods,
     }
 }
 

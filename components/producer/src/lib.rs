@@ -70,8 +70,9 @@ impl From<BodyError> for Answer {
 #[http_component]
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let method = req.method();
-    let route = route_label(&req.path_with_query().unwrap_or_default());
-    let answer = answer(req, &method).await;
+    let path = req.path_with_query().unwrap_or_default();
+    let route = route_label(&path);
+    let answer = answer(req, &method, &path).await;
     let status = answer.status;
     respond(out, answer).await;
     // Report after the answer is complete, so the client never waits on
@@ -80,9 +81,8 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
 }
 
 /// Decides the answer to one request.
-async fn answer(req: IncomingRequest, method: &Method) -> Answer {
-    let path = req.path_with_query().unwrap_or_default();
-    if path.split('?').next() != Some(GENERATE) {
+async fn answer(req: IncomingRequest, method: &Method, path: &str) -> Answer {
+    if route_label(path) != GENERATE {
         return Answer::error(
             404,
             "not_found",
