@@ -34,9 +34,14 @@ pub struct Inspector {
 impl Inspector {
     /// Connects to [`amqp_url`].
     pub async fn connect() -> anyhow::Result<Self> {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// Connects to the broker at `url` (a private one, say).
+    pub async fn connect_to(url: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
-            .context("failed to connect to RabbitMQ at AMQP_URL (is it running?)")?;
+            .with_context(|| format!("failed to connect to RabbitMQ at {url} (is it running?)"))?;
         let channel = connection.create_channel().await?;
         Ok(Self {
             connection,

@@ -138,6 +138,54 @@ impl PrivateBroker {
         self.signal_and_wait(libc::SIGKILL).await
     }
 
+    /// Freezes the node (SIGSTOP): a broker that hangs, with its sockets
+    /// open and its kernel still accepting TCP.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal_running(libc::SIGSTOP)
+    }
+
+    /// Thaws a paused node (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal_running(libc::SIGCONT)
+    }
+
+    fn signal_running(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("the broker is not running")?;
+        signal_group(pid, signal);
+        Ok(())
+    }
+
+    /// Runs `rabbitmqctl` against this node, e.g. to raise an alarm.
+    pub async fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let ctl = server_script().with_file_name("rabbitmqctl");
+        let output = Command::new(if ctl.exists() {
+            ctl
+        } else {
+            "rabbitmqctl".into()
+        })
+        .env("HOME", &self.dir)
+        .arg("-n")
+        .arg(format!("{}@localhost", self.name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("failed to run rabbitmqctl")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "rabbitmqctl {args:?} failed: {}{}",
+                stdout,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
     /// Starts the stopped node again, on the same ports and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {

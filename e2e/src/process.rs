@@ -117,6 +117,28 @@ impl BridgeProcess {
         signal(&self.child, libc::SIGKILL)
     }
 
+    /// Freezes it (SIGSTOP): a stalled sidecar.
+    pub fn sigstop(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGSTOP)
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn sigcont(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGCONT)
+    }
+
+    /// Its peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("the process has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/<pid>/status")?;
+        Ok(kib * 1024)
+    }
+
     /// Its process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

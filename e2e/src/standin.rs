@@ -97,7 +97,10 @@ async fn work(State(shared): State<Shared>, body: Bytes) -> StatusCode {
     let id = job
         .as_ref()
         .map_or_else(|| "?".to_owned(), |j| j.id.clone());
-    let payload = job.and_then(|j| j.payload).unwrap_or_default();
+    let payload: serde_json::Value = job
+        .and_then(|j| j.payload)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
     let attempt = {
         let mut attempts = shared.attempts.lock().expect("not poisoned");
         let n = attempts.entry(id.clone()).or_default();

@@ -92,6 +92,7 @@ pub struct ServedComponent {
     pub answers: mpsc::UnboundedReceiver<Answer>,
     task: tokio::task::JoinHandle<()>,
     guests: TaskTracker,
+    connections: tokio_util::sync::CancellationToken,
 }
 
 impl ServedComponent {
@@ -107,6 +108,13 @@ impl ServedComponent {
         self.task.abort();
         self.guests.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.guests.wait()).await;
+    }
+
+    /// Dies as a crashed or OOM-killed container would: the listener closes
+    /// and every open connection is cut, requests in flight included.
+    pub fn kill(self) {
+        self.connections.cancel();
+        self.task.abort();
     }
 }
 
@@ -198,6 +206,16 @@ impl WasiHttpView for Guest {
 
 /// Serves component `name` on 127.0.0.1:0 with environment `env`.
 pub async fn serve(name: &str, env: &[(&str, &str)]) -> anyhow::Result<ServedComponent> {
+    serve_at(name, env, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Serves component `name` on `addr`: a fixed one brings a killed
+/// component back where its clients expect it.
+pub async fn serve_at(
+    name: &str,
+    env: &[(&str, &str)],
+    addr: SocketAddr,
+) -> anyhow::Result<ServedComponent> {
     let pre = proxy_pre(name)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let guests = TaskTracker::new();
@@ -210,20 +228,26 @@ pub async fn serve(name: &str, env: &[(&str, &str)]) -> anyhow::Result<ServedCom
             .collect(),
         answers: tx,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let connections = tokio_util::sync::CancellationToken::new();
+    let cut = connections.clone();
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let host = host.clone();
+            let cut = cut.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let host = host.clone();
                     async move { host.handle(req).await }
                 });
-                let _ = http1::Builder::new()
+                let connection = http1::Builder::new()
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = cut.cancelled() => {}
+                }
             });
         }
     });
@@ -232,6 +256,7 @@ pub async fn serve(name: &str, env: &[(&str, &str)]) -> anyhow::Result<ServedCom
         answers: rx,
         task,
         guests,
+        connections,
     })
 }
 

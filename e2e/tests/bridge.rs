@@ -208,7 +208,7 @@ async fn not_ready_and_prompt_503_while_the_broker_is_unreachable() -> Result<()
     );
     assert_eq!(
         bridge
-            .metric("host_bridge_published_total", &[("outcome", "failed")])
+            .metric("host_bridge_published_total", &[("outcome", "refused")])
             .await,
         1.0
     );

@@ -76,11 +76,12 @@ async fn generate_answers_202_only_once_the_broker_holds_the_job() -> Result<()>
         .collect::<Result<_, _>>()?;
     assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert_eq!(jobs[0].id, get_id);
-    assert_eq!(jobs[0].payload, None);
+    assert!(jobs[0].payload.is_none());
     assert_eq!(jobs[1].id, post_id);
+    // Byte for byte as the client wrote it, spaces included.
     assert_eq!(
-        jobs[1].payload,
-        Some(serde_json::json!({"image": "cat.png"}))
+        jobs[1].payload.as_ref().map(|p| p.get()),
+        Some(r#"{"image": "cat.png"}"#)
     );
     assert!(
         humantime::parse_rfc3339(&jobs[0].created_at).is_ok(),
@@ -217,6 +218,96 @@ async fn producer_refuses_bad_input_with_json_errors_and_publishes_nothing() -> 
         .await;
     assert_eq!(bridge.metric("host_bridge_published_total", &[]).await, 0.0);
     assert_eq!(inspector.ready(&queue).await?, 0);
+    inspector.delete_topology(&queue).await?;
+    producer.shutdown().await;
+    bridge.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_takes_the_callers_id_and_any_body_within_the_stated_limit() -> Result<()> {
+    let queue = unique_queue("generate-id");
+    let bridge = RunningBridge::start_ready(&["--roles", "publish", "--queue", &queue]).await?;
+    let producer = producer_for(&bridge).await?;
+    let inspector = Inspector::connect().await?;
+    let client = reqwest::Client::new();
+    let url = producer.url("/generate");
+    let post = |body: String| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    // The idempotency key, by header and by body; a retry reuses it.
+    let by_header = client
+        .get(&url)
+        .header("idempotency-key", "order-7:try")
+        .send()
+        .await?;
+    assert_eq!(by_header.status(), 202);
+    assert_eq!(by_header.json::<Value>().await?["id"], "order-7:try");
+    let by_body = post(r#"{"id": "order-8", "payload": 1}"#.into())
+        .send()
+        .await?;
+    assert_eq!(by_body.json::<Value>().await?["id"], "order-8");
+    // Bad or conflicting keys are refused, and nothing is queued for them.
+    let conflicting = post(r#"{"id": "a"}"#.into())
+        .header("idempotency-key", "b")
+        .send()
+        .await?;
+    assert_eq!(conflicting.status(), 400);
+    assert_eq!(
+        conflicting.json::<job::ErrorBody>().await?.error,
+        "conflicting_ids"
+    );
+    let hostile = client
+        .get(&url)
+        .header("idempotency-key", "a\u{1b}[31m")
+        .send()
+        .await;
+    // reqwest refuses to send a control character; a raw client would get 400.
+    assert!(hostile.is_err() || hostile?.status() == 400);
+    let spaced = client
+        .get(&url)
+        .header("idempotency-key", "a b")
+        .send()
+        .await?;
+    assert_eq!(spaced.status(), 400);
+    assert_eq!(spaced.json::<job::ErrorBody>().await?.error, "invalid_job");
+
+    // A body of exactly the stated limit is taken, and numbers are not
+    // re-encoded on the way (`1e5` would grow to `100000.0`).
+    let head = r#"{"payload": ["#;
+    let item = "1e5,";
+    let mut body = String::from(head);
+    while body.len() + item.len() + "1e5]}".len() <= job::MAX_BODY_BYTES {
+        body.push_str(item);
+    }
+    body.push_str("1e5]}");
+    while body.len() < job::MAX_BODY_BYTES {
+        body.insert(body.len() - 1, ' ');
+    }
+    assert_eq!(body.len(), job::MAX_BODY_BYTES);
+    let full = post(body.clone()).send().await?;
+    assert_eq!(full.status(), 202, "{}", full.text().await?);
+    let one_more = post(format!("{body} ")).send().await?;
+    assert_eq!(one_more.status(), 413);
+
+    let jobs: Vec<job::Job> = inspector
+        .drain(&queue)
+        .await?
+        .iter()
+        .map(|m| job::Job::from_body(&m.data))
+        .collect::<Result<_, _>>()?;
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(&ids[..2], ["order-7:try", "order-8"]);
+    assert_eq!(jobs.len(), 3, "{ids:?}");
+    let payload = jobs[2]
+        .payload
+        .as_ref()
+        .map(|p| p.get())
+        .unwrap_or_default();
+    assert!(payload.starts_with("[1e5,1e5,") && !payload.contains("100000"));
     inspector.delete_topology(&queue).await?;
     producer.shutdown().await;
     bridge.stop().await;

@@ -1,12 +1,12 @@
 //! The admin server: `/metrics`, `/healthz` and `/readyz`.
 //!
-//! Liveness stays trivial: the process answers. Readiness means usable: an
-//! open AMQP connection (and confirm channel, for the publish role) and, for
-//! the consume role, a subscribed consumer. It turns false again while the
-//! connection is lost. The metrics themselves are defined in `metrics`.
+//! Liveness stays trivial: the process answers. Readiness means usable now:
+//! an open AMQP connection; for the publish role, a broker that is neither
+//! blocking publishers (alarm) nor overdue with confirms; for the consume
+//! role, a subscribed consumer and a worker that takes work. The metrics
+//! themselves are defined in `metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,26 +17,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
 use crate::broker::SessionWatch;
+use crate::consume::ConsumeStatus;
 use crate::metrics::Metrics;
+use crate::publish::PublishApi;
 
 /// What /readyz checks.
 #[derive(Clone)]
 pub struct Readiness {
     sessions: SessionWatch,
-    consuming: Option<Arc<AtomicBool>>,
+    publishing: Option<Arc<PublishApi>>,
+    consuming: Option<ConsumeStatus>,
     stopping: CancellationToken,
 }
 
 impl Readiness {
-    /// Readiness on the current session, the consumer flag when given, and
+    /// Readiness on the current session, each enabled role's own check, and
     /// not stopping.
     pub fn new(
         sessions: SessionWatch,
-        consuming: Option<Arc<AtomicBool>>,
+        publishing: Option<Arc<PublishApi>>,
+        consuming: Option<ConsumeStatus>,
         stopping: CancellationToken,
     ) -> Self {
         Self {
             sessions,
+            publishing,
             consuming,
             stopping,
         }
@@ -51,10 +56,11 @@ impl Readiness {
         if !self.sessions.borrow().as_ref().is_some_and(|s| s.usable()) {
             return Err("the broker is not connected");
         }
-        if let Some(consuming) = &self.consuming
-            && !consuming.load(Ordering::SeqCst)
-        {
-            return Err("the consumer is not subscribed");
+        if let Some(refusal) = self.publishing.as_ref().and_then(|p| p.refusal()) {
+            return Err(refusal.code());
+        }
+        if let Some(consuming) = &self.consuming {
+            consuming.check()?;
         }
         Ok(())
     }
@@ -68,13 +74,14 @@ struct AdminState {
 
 /// The admin routes.
 pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+    let get_only = || async { ApiError::method_not_allowed("GET") };
     Router::new()
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_text).fallback(get_only))
         .route(
             "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+            get(|| async { axum::Json(serde_json::json!({ "ok": true })) }).fallback(get_only),
         )
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz).fallback(get_only))
         .fallback(|| async { ApiError::not_found() })
         .with_state(AdminState { metrics, readiness })
 }

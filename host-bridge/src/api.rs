@@ -1,17 +1,46 @@
 //! HTTP plumbing the bridge's servers share: JSON error answers, bounded
-//! body reading, and serving a router until shutdown.
+//! and timed body reading, and serving a router until shutdown with a bound
+//! on connections and a deadline on every request's headers.
 //!
 //! Routes and their logic live in `publish` and `admin`.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use job::{BodyError, ErrorBody};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use tracing::{debug, warn};
+
+/// The most header bytes (names and values) a request may carry; past it a
+/// JSON `431`. Generous for any real client of these APIs. hyper's own read
+/// buffer (about 400 KiB; a smaller one was seen to cut off connections
+/// carrying 60 KB bodies) answers a bare `431` only past that: a request
+/// hostile by any measure.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// The limits every listener applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once; the rest wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+}
 
 /// An error answer: a status, a JSON [`ErrorBody`] and optional headers.
 #[derive(Debug)]
@@ -33,11 +62,11 @@ impl ApiError {
         }
     }
 
-    /// A 503 that tells the caller when to try again.
-    pub fn unavailable(code: &str, message: impl Into<String>, retry_after: u32) -> Self {
+    /// Tells the caller when to try again (`Retry-After`, in seconds).
+    pub fn retry_after(self, seconds: u32) -> Self {
         Self {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            retry_after: Some(seconds),
+            ..self
         }
     }
 
@@ -56,6 +85,15 @@ impl ApiError {
     /// A 404 for any path the router doesn't know.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// A 431 for a request whose headers are over [`MAX_HEADER_BYTES`].
+    pub fn headers_too_large() -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers are larger than {MAX_HEADER_BYTES} bytes"),
+        )
     }
 
     /// The status.
@@ -95,46 +133,154 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Reads a JSON request body of at most `limit` bytes.
+/// Reads a JSON request body of at most `limit` bytes within `timeout`.
 ///
 /// The limit is enforced on the stream as it arrives, so a chunked body with
 /// no `Content-Length` (what a spin-sdk component sends) is bounded too, and
-/// an oversized one is never held whole.
+/// an oversized one is never held whole. The timeout covers the whole body,
+/// so a client that trickles bytes cannot hold the request open.
 pub async fn read_json_body(
     content_type: Option<&HeaderValue>,
     body: Body,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Vec<u8>, ApiError> {
     let content_type = content_type.map(|v| v.to_str().unwrap_or("(not text)"));
     job::check_content_type(content_type)?;
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_read_failed",
-                format!("could not read the body: {e}"),
-            )
-        })?;
-        if buf.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge { limit }.into());
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            // The cause stays in the debug log: a client needs to know that
+            // its body was unreadable, not how the HTTP stack noticed.
+            let chunk = chunk.map_err(|e| {
+                debug!(error = %e, "request body read failed");
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_read_failed",
+                    "could not read the request body",
+                )
+            })?;
+            job::check_size(buf.len() + chunk.len(), limit)?;
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
+        Ok(buf)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {timeout:?}"),
+            ))
+        })
+}
+
+/// Reads and throws away a request body that will not be used (a refusal
+/// before the body was read), at most `limit` bytes within `timeout`.
+///
+/// Answering before the body is in makes hyper close the connection while
+/// the client may still be sending, and the client then sees a reset instead
+/// of the answer. Draining costs no memory: each chunk is dropped as it comes.
+pub async fn discard_body(body: Body, limit: usize, timeout: Duration) {
+    let drain = async {
+        let mut stream = body.into_data_stream();
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
+/// The size of a request's headers as [`MAX_HEADER_BYTES`] counts them.
+fn header_bytes(request: &Request<Incoming>) -> usize {
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish (axum's graceful shutdown).
+/// in-flight requests finish.
+///
+/// Each connection holds one of `limits.max_connections` permits, so that
+/// slow or idle clients can hold at most that many; headers must arrive
+/// within `limits.header_read_timeout` (hyper closes the connection past it,
+/// idle keep-alive connections included).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it
+                // was accepted: pause briefly rather than spin.
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut router = router.clone();
+            async move {
+                if header_bytes(&request) > MAX_HEADER_BYTES {
+                    return Ok::<_, Infallible>(ApiError::headers_too_large().into_response());
+                }
+                router.call(request).await
+            }
+        });
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -147,11 +293,14 @@ mod tests {
             let chunks: [&'static [u8]; 3] = [b"{\"a\":", b"1234567890", b"}"];
             Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
         };
-        let err = read_json_body(None, chunked(), 8).await.unwrap_err();
+        let second = Duration::from_secs(1);
+        let err = read_json_body(None, chunked(), 8, second)
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let body = chunked();
         assert_eq!(
-            read_json_body(None, body, 64).await.unwrap(),
+            read_json_body(None, body, 64, second).await.unwrap(),
             b"{\"a\":1234567890}"
         );
     }
@@ -159,9 +308,19 @@ mod tests {
     #[tokio::test]
     async fn wrong_content_type_is_415() {
         let ct = HeaderValue::from_static("text/plain");
-        let err = read_json_body(Some(&ct), Body::empty(), 8)
+        let err = read_json_body(Some(&ct), Body::empty(), 8, Duration::from_secs(1))
             .await
             .unwrap_err();
         assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out_with_408() {
+        let stalled = futures::stream::iter([Ok::<_, std::io::Error>(&b"{"[..])])
+            .chain(futures::stream::pending());
+        let err = read_json_body(None, Body::from_stream(stalled), 64, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
     }
 }

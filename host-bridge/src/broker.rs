@@ -14,6 +14,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
 use rand::Rng;
 use tokio::sync::watch;
@@ -36,6 +37,13 @@ pub enum BrokerError {
     /// Opening a channel failed.
     #[error("failed to open a channel: {0}")]
     Channel(#[source] lapin::Error),
+    /// The AMQP URL does not parse (`Config::validate` rejects it first).
+    #[error("invalid AMQP URL: {0}")]
+    Url(String),
+    /// The connection attempt did not finish in time: a paused or
+    /// blackholed broker accepts TCP and then says nothing.
+    #[error("no answer from the broker within {0:?}")]
+    ConnectTimeout(Duration),
 }
 
 /// An open connection and the channels the bridge shares on it.
@@ -48,6 +56,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether the broker has blocked this connection (`connection.blocked`:
+    /// a memory or disk alarm). It reads nothing from a blocked publisher,
+    /// so a publish now would only wait.
+    pub fn blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
     /// Whether the connection (and the publisher channel, if any) is usable.
     pub fn usable(&self) -> bool {
         self.connection.status().connected()
@@ -203,6 +218,8 @@ impl Backoff {
 /// it through [`SessionWatch`].
 pub struct Broker {
     amqp_url: String,
+    heartbeat: Duration,
+    connect_timeout: Duration,
     topology: Topology,
     with_publisher: bool,
     max_backoff: Duration,
@@ -215,6 +232,8 @@ impl Broker {
     pub fn new(config: &Config, metrics: Metrics) -> Self {
         Self {
             amqp_url: config.amqp_url.clone(),
+            heartbeat: config.heartbeat,
+            connect_timeout: config.connect_timeout,
             topology: Topology::from_config(config),
             with_publisher: config.has(Role::Publish),
             max_backoff: config.reconnect_max_backoff,
@@ -287,9 +306,20 @@ impl Broker {
     /// Opens a connection, declares the topology and opens the publisher
     /// channel.
     async fn connect(&self) -> Result<Session, BrokerError> {
+        tokio::time::timeout(self.connect_timeout, self.open())
+            .await
+            .unwrap_or(Err(BrokerError::ConnectTimeout(self.connect_timeout)))
+    }
+
+    async fn open(&self) -> Result<Session, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("host-bridge:{}", self.topology.queue).into());
-        let connection = Connection::connect(&self.amqp_url, properties)
+        // `validate` checked the URL; the heartbeat goes into it because
+        // lapin takes it only from there. The broker picks the lower of its
+        // own and ours.
+        let mut uri: AMQPUri = self.amqp_url.parse().map_err(BrokerError::Url)?;
+        uri.query.heartbeat = Some(u16::try_from(self.heartbeat.as_secs()).unwrap_or(u16::MAX));
+        let connection = Connection::connect_uri(uri, properties)
             .await
             .map_err(BrokerError::Connect)?;
         let channel = connection
@@ -400,6 +430,12 @@ pub async fn poll_queue_depth(
             }
         }
         let _ = channel.close(200, "done".into()).await;
+        // A failed declare (no such queue yet) closed the channel: wait one
+        // interval before the next, rather than spinning.
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 

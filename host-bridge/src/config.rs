@@ -72,10 +72,44 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_ADDR", default_value = "127.0.0.1:9091")]
     pub publish_addr: SocketAddr,
 
-    /// How long a publish may wait for the broker's confirm before it is
-    /// reported as failed.
+    /// How long a publish may wait for the broker's confirm. Past it the
+    /// caller gets `504 outcome_unknown`: the message was handed to the
+    /// broker and may still be queued.
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
+
+    /// Publishes in flight at once (sent, confirm not yet in). Bounds memory
+    /// under any broker fault: each holds at most one job (64 KiB + envelope)
+    /// until the broker decides or the connection dies. Past it: `503
+    /// overloaded` at once.
+    #[arg(long, env = "MAX_PUBLISHES_IN_FLIGHT", default_value_t = 128)]
+    pub max_publishes_in_flight: u32,
+
+    /// The AMQP heartbeat. A link that carries nothing for two heartbeats is
+    /// declared dead and reconnected; 10 s detects a blackholed link within
+    /// about 20-25 s (RabbitMQ's default of 60 s takes two minutes).
+    #[arg(long, env = "AMQP_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// How long one connection attempt (TCP, TLS, AMQP handshake) may take.
+    /// A paused or blackholed broker accepts TCP and then says nothing.
+    #[arg(long, env = "AMQP_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Connections each HTTP listener serves at once; more wait in the
+    /// kernel's backlog. With the read timeouts this bounds what slow or
+    /// idle clients can hold.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: u32,
+
+    /// How long a client may take to send a request's headers, and how long
+    /// a connection may sit idle between requests.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a client may take to send a request's body (`408` past it).
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
 
     /// The `Retry-After` (seconds) sent with a 503 from the publish API.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 1)]
@@ -103,6 +137,19 @@ pub struct Config {
     /// the pod's `terminationGracePeriodSeconds`; see docs/RELIABILITY.md.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Times a failed push (5xx, timeout, a cut-off answer) is retried in
+    /// place, with backoff, before the job goes back to the queue and spends
+    /// one of its deliveries. An unreachable worker, or one that answers 408,
+    /// 429 or 503, is waited for instead and spends nothing.
+    #[arg(long, env = "PUSH_RETRIES", default_value_t = 2)]
+    pub push_retries: u32,
+
+    /// The longest wait between pushes to a failing or unreachable worker
+    /// (exponential, jittered, from 100 ms; a `Retry-After` is honoured up
+    /// to this).
+    #[arg(long, env = "PUSH_MAX_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub push_max_backoff: Duration,
 
     /// How often the queue's depth is read (passive declare) for metrics.
     #[arg(long, env = "QUEUE_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -183,6 +230,17 @@ impl Config {
                 _ => return fail("--worker-url", "must be an http:// or https:// URL"),
             }
         }
+        if self.max_publishes_in_flight == 0 {
+            return fail("--max-publishes-in-flight", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return fail("--max-connections", "must be at least 1");
+        }
+        // AMQP carries the heartbeat as whole seconds in a u16; 0 would turn
+        // dead-link detection off.
+        if self.heartbeat < Duration::from_secs(1) || self.heartbeat.as_secs() > u16::MAX.into() {
+            return fail("--heartbeat", "must be 1 s to 65535 s");
+        }
         if self.amqp_url.parse::<lapin::uri::AMQPUri>().is_err() {
             return fail("--amqp-url", "is not an amqp:// or amqps:// URL");
         }
@@ -196,6 +254,9 @@ impl Config {
             ("--job-timeout", self.job_timeout),
             ("--publish-timeout", self.publish_timeout),
             ("--queue-poll-interval", self.queue_poll_interval),
+            ("--connect-timeout", self.connect_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
         ] {
             if value.is_zero() {
                 return fail(setting, "must be longer than zero");

@@ -1,15 +1,18 @@
 //! The consume role: deliveries from the queue, pushed one by one to the
-//! worker component over HTTP, acknowledged by the worker's answer.
+//! worker component over HTTP, acknowledged by the worker's whole answer.
 //!
-//! | worker answer                  | action                               |
-//! |--------------------------------|--------------------------------------|
-//! | 2xx                            | ack                                  |
-//! | 4xx                            | reject, no requeue: to `<queue>.dead` |
-//! | 5xx, timeout, connection error | nack with requeue                    |
+//! | worker answer | action |
+//! |---|---|
+//! | 2xx, body complete | ack |
+//! | 408, 429, 503; connection refused | "later": hold the job, pause consuming, push again after `Retry-After` or a backoff; spends no delivery |
+//! | other 4xx | reject, no requeue: to `<queue>.dead` |
+//! | other 5xx, timeout, an answer cut short | retry in place with backoff (`--push-retries`), then nack with requeue |
 //!
-//! Repeated requeues are bounded by the quorum queue's delivery limit, after
-//! which the broker dead-letters the job. This module owns the consumer
-//! channel and its graceful stop; the connection belongs to `broker`.
+//! Requeues are bounded by the quorum queue's delivery limit, after which the
+//! broker dead-letters the job. A delivery that is not a valid job is
+//! dead-lettered unpushed, its reason counted. This module owns the consumer
+//! channel, the worker's health and the graceful stop; the connection
+//! belongs to `broker`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -31,43 +35,145 @@ use crate::broker::{Backoff, Session, SessionWatch, Topology, current_session};
 use crate::config::Config;
 use crate::metrics::{JobOutcome, Metrics};
 
+/// The first wait between pushes of a held job.
+const PUSH_BACKOFF_BASE: Duration = Duration::from_millis(100);
+
 /// What the worker said about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
-    /// The worker answered with this status.
-    Status(u16),
-    /// No answer within the job timeout.
+    /// The worker answered with this status, and the whole answer arrived.
+    Answered {
+        /// The status.
+        status: u16,
+        /// Its `Retry-After`, in seconds, when it sent one.
+        retry_after: Option<u64>,
+    },
+    /// No complete answer within the job timeout.
     Timeout,
-    /// The request failed: refused connection, reset, bad URL.
-    Error(String),
+    /// The worker could not be reached: nothing listens, or no route.
+    Unreachable(String),
+    /// The exchange broke off: a reset, or an answer cut short.
+    Broken(String),
+}
+
+/// What to do after a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Done: ack.
+    Ack,
+    /// The job itself is bad: dead-letter it now.
+    Poison,
+    /// The worker can't take work now: hold the job and push it again
+    /// after this wait (the worker's `Retry-After`) or a backoff.
+    Later(Option<Duration>),
+    /// The push failed: retry in place, then requeue.
+    Retry,
 }
 
 impl PushResult {
-    /// What to do with the delivery.
-    pub fn action(&self) -> JobOutcome {
+    /// What to do next.
+    pub fn next(&self) -> Next {
         match self {
-            PushResult::Status(s) if (200..300).contains(s) => JobOutcome::Acked,
-            // A 4xx is the job's fault and will not get better: dead-letter it now.
-            PushResult::Status(s) if (400..500).contains(s) => JobOutcome::DeadLettered,
-            // Requeue rather than reject: a 5xx or a timeout is the worker's
-            // trouble, not the job's. The queue's delivery limit moves the job
-            // to the dead-letter queue if it keeps failing.
-            _ => JobOutcome::Requeued,
+            PushResult::Answered { status, .. } if (200..300).contains(status) => Next::Ack,
+            // "Not now" rather than "never": the worker is busy or starting.
+            PushResult::Answered {
+                status: 408 | 429 | 503,
+                retry_after,
+            } => Next::Later(retry_after.map(Duration::from_secs)),
+            // A 4xx is the job's fault and will not get better.
+            PushResult::Answered { status, .. } if (400..500).contains(status) => Next::Poison,
+            PushResult::Unreachable(_) => Next::Later(None),
+            // A 5xx, a timeout or a broken answer is the worker's trouble,
+            // not the job's; the delivery limit bounds a job that keeps failing.
+            _ => Next::Retry,
         }
     }
 
     /// The `result` label of `worker_push_duration_seconds`.
     pub fn label(&self) -> &'static str {
         match self {
-            PushResult::Status(s) => match s / 100 {
+            PushResult::Answered { status, .. } => match status / 100 {
                 2 => "2xx",
                 4 => "4xx",
                 5 => "5xx",
                 _ => "other",
             },
             PushResult::Timeout => "timeout",
-            PushResult::Error(_) => "error",
+            PushResult::Unreachable(_) => "unreachable",
+            PushResult::Broken(_) => "broken",
         }
+    }
+}
+
+/// Whether the worker takes work. Consumption pauses while it doesn't, so
+/// that no delivery is spent on an absent worker; `/readyz` says so.
+#[derive(Clone)]
+pub struct WorkerHealth {
+    up: Arc<watch::Sender<bool>>,
+    metrics: Metrics,
+}
+
+impl WorkerHealth {
+    fn new(metrics: Metrics) -> Self {
+        metrics.worker_up.set(1);
+        Self {
+            up: Arc::new(watch::Sender::new(true)),
+            metrics,
+        }
+    }
+
+    /// Whether the worker took its last push.
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    fn set(&self, up: bool) {
+        if self
+            .up
+            .send_if_modified(|now| std::mem::replace(now, up) != up)
+        {
+            self.metrics.worker_up.set(up.into());
+            if up {
+                info!("the worker takes work again; consuming");
+            } else {
+                warn!("the worker can't take work; consumption paused, held jobs retried");
+            }
+        }
+    }
+
+    async fn wait_up(&self) {
+        let _ = self.up.subscribe().wait_for(|up| *up).await;
+    }
+}
+
+/// Why a delivery is not a job the worker can be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// The body is not a valid job (JSON, size, id charset).
+    InvalidJob,
+    /// The AMQP `message-id` names another job than the body.
+    IdMismatch,
+}
+
+impl Malformed {
+    /// The `reason` label of `malformed_jobs_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Malformed::InvalidJob => "invalid_job",
+            Malformed::IdMismatch => "id_mismatch",
+        }
+    }
+}
+
+/// Checks a delivery from the queue, which anyone with access may have
+/// published to, before it goes anywhere near the worker or the logs.
+/// Returns the job's (validated) id.
+pub fn check_delivery(delivery: &Delivery) -> Result<String, Malformed> {
+    job::check_size(delivery.data.len(), job::MAX_JOB_BYTES).map_err(|_| Malformed::InvalidJob)?;
+    let job = job::Job::from_body(&delivery.data).map_err(|_| Malformed::InvalidJob)?;
+    match delivery.properties.message_id() {
+        Some(message_id) if message_id.as_str() != job.id => Err(Malformed::IdMismatch),
+        _ => Ok(job.id),
     }
 }
 
@@ -101,62 +207,90 @@ pub fn previous_deliveries(delivery: &Delivery) -> u64 {
     }
 }
 
-/// Pushes deliveries to the worker.
+/// How a delivery was settled with the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Reject,
+    Requeue,
+}
+
+/// The bridge's client of the worker: pushes jobs, retries them in place,
+/// and settles each delivery with the broker.
 pub struct Worker {
     queue: String,
     delivery_limit: u64,
     url: String,
     timeout: Duration,
+    retries: u32,
+    max_backoff: Duration,
     prefetch: u16,
     client: reqwest::Client,
+    health: WorkerHealth,
     metrics: Metrics,
 }
 
 impl Worker {
-    /// Sends one job to the worker and reports its answer.
-    pub async fn push(&self, id: &str, body: Vec<u8>) -> PushResult {
+    /// Sends one job to the worker and reads its whole answer.
+    pub async fn push(&self, body: &[u8]) -> PushResult {
         let request = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
-            .header("x-job-id", id)
+            // Covers connecting, the answer's head and its whole body.
             .timeout(self.timeout)
-            .body(body);
-        match request.send().await {
-            Ok(response) => PushResult::Status(response.status().as_u16()),
-            Err(e) if e.is_timeout() => PushResult::Timeout,
-            Err(e) => PushResult::Error(e.to_string()),
+            .body(body.to_vec());
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => return PushResult::Timeout,
+            Err(e) if e.is_connect() => return PushResult::Unreachable(e.to_string()),
+            Err(e) => return PushResult::Broken(e.to_string()),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        // Ack only on the whole answer: a status line followed by a body cut
+        // short is a worker that died mid-answer. The body is discarded as it
+        // arrives, so its size costs no memory.
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return PushResult::Timeout,
+                Err(e) => return PushResult::Broken(e.to_string()),
+            }
+        }
+        PushResult::Answered {
+            status,
+            retry_after,
         }
     }
 
-    /// Handles one delivery from push to acknowledgement.
-    async fn handle(&self, delivery: Delivery) {
-        let id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+    /// Handles one delivery from its check to its settlement.
+    async fn handle(&self, delivery: Delivery, stop: CancellationToken) {
         let previous = previous_deliveries(&delivery);
+        let id = match check_delivery(&delivery) {
+            Ok(id) => id,
+            Err(reason) => return self.dead_letter_malformed(delivery, reason).await,
+        };
+        // The id passed `job::validate_id`: safe to log as it is.
         let span = info_span!("job", %id, delivery = previous + 1);
         async {
             let _timer = self.metrics.job_started(&self.queue);
             let started = Instant::now();
-            let result = self.push(&id, delivery.data).await;
-            self.metrics
-                .worker_push_duration
-                .with_label_values(&[result.label()])
-                .observe(started.elapsed().as_secs_f64());
-            let action = result.action();
-            let acked = match action {
-                JobOutcome::Acked => delivery.acker.ack(BasicAckOptions::default()).await,
-                JobOutcome::DeadLettered => {
+            let (settle, result) = self.push_until_settled(&delivery.data, &stop).await;
+            let acked = match settle {
+                Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+                Settle::Reject => {
                     delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
                         .await
                 }
-                JobOutcome::Requeued => {
+                Settle::Requeue => {
                     delivery
                         .acker
                         .nack(BasicNackOptions {
@@ -168,10 +302,11 @@ impl Worker {
             };
             // A requeue of a delivery that has used up the queue's delivery
             // limit is the broker's cue to dead-letter it: count it as such.
-            let outcome = if action == JobOutcome::Requeued && previous >= self.delivery_limit {
-                JobOutcome::DeadLettered
-            } else {
-                action
+            let outcome = match settle {
+                Settle::Ack => JobOutcome::Acked,
+                Settle::Reject => JobOutcome::DeadLettered,
+                Settle::Requeue if previous >= self.delivery_limit => JobOutcome::DeadLettered,
+                Settle::Requeue => JobOutcome::Requeued,
             };
             match acked {
                 Ok(_) => {
@@ -196,6 +331,129 @@ impl Worker {
         .instrument(span)
         .await
     }
+
+    /// Pushes until the worker gives an answer that settles the delivery,
+    /// retrying in place: without limit while the worker can't take work
+    /// (no delivery is spent on an absent worker), `retries` times after a
+    /// failed push. Gives up (requeue) when `stop` is cancelled while waiting.
+    async fn push_until_settled(
+        &self,
+        body: &[u8],
+        stop: &CancellationToken,
+    ) -> (Settle, PushResult) {
+        let mut backoff = Backoff::new(PUSH_BACKOFF_BASE, self.max_backoff);
+        let mut failures = 0;
+        loop {
+            let started = Instant::now();
+            let result = self.push(body).await;
+            self.metrics
+                .worker_push_duration
+                .with_label_values(&[result.label()])
+                .observe(started.elapsed().as_secs_f64());
+            let wait = match result.next() {
+                Next::Ack => {
+                    self.health.set(true);
+                    return (Settle::Ack, result);
+                }
+                Next::Poison => {
+                    self.health.set(true);
+                    return (Settle::Reject, result);
+                }
+                Next::Later(hint) => {
+                    self.health.set(false);
+                    self.metrics
+                        .push_retries
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    hint.map_or_else(|| backoff.next_delay(), |d| d.min(self.max_backoff))
+                }
+                Next::Retry => {
+                    if matches!(result, PushResult::Answered { .. }) {
+                        self.health.set(true);
+                    }
+                    failures += 1;
+                    if failures > self.retries {
+                        return (Settle::Requeue, result);
+                    }
+                    self.metrics
+                        .push_retries
+                        .with_label_values(&["failed"])
+                        .inc();
+                    backoff.next_delay()
+                }
+            };
+            debug!(worker = ?result, ?wait, "push not settled; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return (Settle::Requeue, result),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Dead-letters a delivery that is not a valid job, without pushing it.
+    async fn dead_letter_malformed(&self, delivery: Delivery, reason: Malformed) {
+        self.metrics
+            .malformed_jobs
+            .with_label_values(&[reason.label()])
+            .inc();
+        // Debug formatting escapes whatever the publisher put in the id.
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned());
+        warn!(
+            message_id = ?message_id,
+            reason = reason.label(),
+            bytes = delivery.data.len(),
+            "not a valid job; dead-lettered without a push"
+        );
+        let rejected = delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await;
+        match rejected {
+            Ok(_) => self.metrics.job_done(&self.queue, JobOutcome::DeadLettered),
+            Err(e) => {
+                self.metrics
+                    .ack_failures
+                    .with_label_values(&[&self.queue])
+                    .inc();
+                warn!(error = %e, "could not dead-letter the malformed delivery");
+            }
+        }
+    }
+}
+
+/// The HTTP client for pushes to the worker. Built before the bridge starts,
+/// so that a failure is a start-up error rather than a silent default.
+pub fn worker_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // A redirect from the worker means a wrong URL; don't follow it.
+        .redirect(reqwest::redirect::Policy::none())
+        // Loopback: keep connections to the worker alive and skip Nagle.
+        .tcp_nodelay(true)
+        .build()
+}
+
+/// What `/readyz` reads of the consume role.
+#[derive(Clone)]
+pub struct ConsumeStatus {
+    consuming: Arc<AtomicBool>,
+    worker: WorkerHealth,
+}
+
+impl ConsumeStatus {
+    /// `Ok` while subscribed and the worker takes work, else why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !self.consuming.load(Ordering::SeqCst) {
+            return Err("the consumer is not subscribed");
+        }
+        if !self.worker.is_up() {
+            return Err("the worker can't take work; consumption is paused");
+        }
+        Ok(())
+    }
 }
 
 /// The consume role.
@@ -208,23 +466,25 @@ pub struct ConsumeRole {
 }
 
 impl ConsumeRole {
-    /// The role for this config, consuming on whatever session is current.
-    pub fn new(config: &Config, sessions: SessionWatch, metrics: Metrics) -> Self {
-        let client = reqwest::Client::builder()
-            // A redirect from the worker means a wrong URL; don't follow it.
-            .redirect(reqwest::redirect::Policy::none())
-            // Loopback: keep connections to the worker alive and skip Nagle.
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
+    /// The role for this config, pushing with `client` (see
+    /// [`worker_client`]) and consuming on whatever session is current.
+    pub fn new(
+        config: &Config,
+        client: reqwest::Client,
+        sessions: SessionWatch,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             worker: Arc::new(Worker {
                 queue: config.queue.clone(),
                 delivery_limit: config.delivery_limit.into(),
                 url: config.worker_url.clone(),
                 timeout: config.job_timeout,
+                retries: config.push_retries,
+                max_backoff: config.push_max_backoff,
                 prefetch: config.concurrency,
                 client,
+                health: WorkerHealth::new(metrics.clone()),
                 metrics,
             }),
             topology: Topology::from_config(config),
@@ -234,9 +494,12 @@ impl ConsumeRole {
         }
     }
 
-    /// A flag that is true while a consumer is subscribed, for /readyz.
-    pub fn consuming(&self) -> Arc<AtomicBool> {
-        self.consuming.clone()
+    /// What `/readyz` reads: subscribed, and the worker taking work.
+    pub fn status(&self) -> ConsumeStatus {
+        ConsumeStatus {
+            consuming: self.consuming.clone(),
+            worker: self.worker.health.clone(),
+        }
     }
 
     /// Consumes until `stop` is cancelled, resubscribing after every lost
@@ -306,6 +569,16 @@ impl ConsumeRole {
         backoff.reset();
         info!(queue = %self.worker.queue, prefetch = self.worker.prefetch, "consuming");
         loop {
+            // Paused while the worker can't take work: new deliveries wait in
+            // the queue, visible to the autoscaler and to other pods, and the
+            // held ones (at most the prefetch) are retried in place.
+            if !self.worker.health.is_up() {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = self.worker.health.wait_up() => {}
+                }
+            }
             tokio::select! {
                 // Prefer stopping: after cancellation no new job starts.
                 biased;
@@ -313,7 +586,8 @@ impl ConsumeRole {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         let worker = self.worker.clone();
-                        tracker.spawn(async move { worker.handle(delivery).await });
+                        let stop = stop.clone();
+                        tracker.spawn(async move { worker.handle(delivery, stop).await });
                     }
                     Some(Err(e)) => return Err(ConsumeError::Stream(e)),
                     None => return Err(ConsumeError::Ended),
@@ -380,22 +654,40 @@ impl ConsumeRole {
 mod tests {
     use super::*;
 
+    fn answered(status: u16, retry_after: Option<u64>) -> PushResult {
+        PushResult::Answered {
+            status,
+            retry_after,
+        }
+    }
+
     #[test]
-    fn worker_answers_map_to_actions() {
-        use JobOutcome::*;
+    fn worker_answers_map_to_what_happens_next() {
+        use Next::*;
         let cases = [
-            (PushResult::Status(200), Acked, "2xx"),
-            (PushResult::Status(204), Acked, "2xx"),
-            (PushResult::Status(400), DeadLettered, "4xx"),
-            (PushResult::Status(422), DeadLettered, "4xx"),
-            (PushResult::Status(500), Requeued, "5xx"),
-            (PushResult::Status(503), Requeued, "5xx"),
-            (PushResult::Status(302), Requeued, "other"),
-            (PushResult::Timeout, Requeued, "timeout"),
-            (PushResult::Error("refused".into()), Requeued, "error"),
+            (answered(200, None), Ack, "2xx"),
+            (answered(204, None), Ack, "2xx"),
+            (answered(400, None), Poison, "4xx"),
+            (answered(422, None), Poison, "4xx"),
+            (answered(408, None), Later(None), "4xx"),
+            (
+                answered(429, Some(3)),
+                Later(Some(Duration::from_secs(3))),
+                "4xx",
+            ),
+            (answered(503, None), Later(None), "5xx"),
+            (answered(500, None), Retry, "5xx"),
+            (answered(302, None), Retry, "other"),
+            (PushResult::Timeout, Retry, "timeout"),
+            (
+                PushResult::Unreachable("refused".into()),
+                Later(None),
+                "unreachable",
+            ),
+            (PushResult::Broken("cut short".into()), Retry, "broken"),
         ];
-        for (result, action, label) in cases {
-            assert_eq!(result.action(), action, "{result:?}");
+        for (result, next, label) in cases {
+            assert_eq!(result.next(), next, "{result:?}");
             assert_eq!(result.label(), label, "{result:?}");
         }
     }

@@ -39,6 +39,9 @@ pub enum BridgeError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The HTTP client for the worker could not be built.
+    #[error("failed to build the worker's HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// A listener could not bind.
     #[error("failed to bind {what} on {addr}: {source}")]
     Bind {
@@ -57,6 +60,7 @@ pub struct Bridge {
     metrics: Metrics,
     publish_listener: Option<TcpListener>,
     admin_listener: TcpListener,
+    worker_client: Option<reqwest::Client>,
 }
 
 impl Bridge {
@@ -70,11 +74,17 @@ impl Bridge {
         } else {
             None
         };
+        let worker_client = if config.has(Role::Consume) {
+            Some(consume::worker_client().map_err(BridgeError::HttpClient)?)
+        } else {
+            None
+        };
         Ok(Self {
             config,
             metrics: Metrics::new(),
             publish_listener,
             admin_listener,
+            worker_client,
         })
     }
 
@@ -104,7 +114,12 @@ impl Bridge {
             metrics,
             publish_listener,
             admin_listener,
+            worker_client,
         } = self;
+        let limits = api::ServeLimits {
+            max_connections: config.max_connections as usize,
+            header_read_timeout: config.header_read_timeout,
+        };
         // `stop`: stop taking work. `close`: close the connection, once the
         // roles have drained (their acks and confirms need it).
         // `admin_stop`: last, so that /metrics stays up through the drain.
@@ -124,27 +139,32 @@ impl Bridge {
         ));
 
         let mut consuming = None;
-        let consume_task = config.has(Role::Consume).then(|| {
-            let role = consume::ConsumeRole::new(&config, sessions.clone(), metrics.clone());
-            consuming = Some(role.consuming());
+        let consume_task = worker_client.map(|client| {
+            let role =
+                consume::ConsumeRole::new(&config, client, sessions.clone(), metrics.clone());
+            consuming = Some(role.status());
             tokio::spawn(role.run(stop.clone()))
         });
+        let mut publishing = None;
         let publish_task = publish_listener.map(|listener| {
             let api = Arc::new(publish::PublishApi::new(
                 &config,
                 sessions.clone(),
                 metrics.clone(),
             ));
+            publishing = Some(api.clone());
             tokio::spawn(api::serve(
                 listener,
                 api.router(),
+                limits,
                 stop.clone().cancelled_owned(),
             ))
         });
-        let readiness = admin::Readiness::new(sessions, consuming, stop.clone());
+        let readiness = admin::Readiness::new(sessions, publishing, consuming, stop.clone());
         let admin_task = tokio::spawn(api::serve(
             admin_listener,
             admin::router(metrics.clone(), readiness),
+            limits,
             admin_stop.clone().cancelled_owned(),
         ));
         for warning in config.warnings() {

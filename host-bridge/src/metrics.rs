@@ -23,8 +23,12 @@ pub enum PublishOutcome {
     Rejected,
     /// The broker returned it as unroutable (mandatory flag): no such queue.
     Unroutable,
-    /// No usable channel, a channel error, or no confirm in time.
-    Failed,
+    /// The bridge did not send it (disconnected, blocked, stalled, full,
+    /// deadline too close): certainly not queued.
+    Refused,
+    /// Sent, but no verdict in time or the connection died first: the
+    /// caller was told `504 outcome_unknown`.
+    Unknown,
 }
 
 impl PublishOutcome {
@@ -34,7 +38,8 @@ impl PublishOutcome {
             PublishOutcome::Confirmed => "confirmed",
             PublishOutcome::Rejected => "rejected",
             PublishOutcome::Unroutable => "unroutable",
-            PublishOutcome::Failed => "failed",
+            PublishOutcome::Refused => "refused",
+            PublishOutcome::Unknown => "unknown",
         }
     }
 }
@@ -71,6 +76,20 @@ pub struct Metrics {
     pub published: IntCounterVec,
     /// Consumed jobs, by queue and outcome.
     pub jobs: IntCounterVec,
+    /// Publishes not confirmed, by the error code the caller got.
+    pub publish_refusals: IntCounterVec,
+    /// Verdicts that arrived after the caller got `504 outcome_unknown`:
+    /// `confirmed` (queued after all), `refused`, `lost` (no verdict ever).
+    pub publish_late_verdicts: IntCounterVec,
+    /// Deliveries dead-lettered unpushed because they are not a valid job,
+    /// by reason (`invalid_job`, `id_mismatch`).
+    pub malformed_jobs: IntCounterVec,
+    /// Pushes retried in place, by why (`unavailable`: the worker could not
+    /// take work; `failed`: the push failed).
+    pub push_retries: IntCounterVec,
+    /// 1 while the worker takes work; 0 while it is unreachable or says
+    /// "later", and consumption is paused.
+    pub worker_up: IntGauge,
     /// Time from receiving a publish request to the broker's verdict.
     pub publish_duration: Histogram,
     /// Time from delivery to acknowledgement.
@@ -120,6 +139,43 @@ impl Metrics {
             jobs: IntCounterVec::new(
                 Opts::new("jobs_total", "Consumed jobs, by outcome."),
                 &["queue", "outcome"],
+            )
+            .expect("valid metric"),
+            publish_refusals: IntCounterVec::new(
+                Opts::new(
+                    "publish_refusals_total",
+                    "Publishes not confirmed, by the error code the caller got.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            publish_late_verdicts: IntCounterVec::new(
+                Opts::new(
+                    "publish_late_verdicts_total",
+                    "Broker verdicts that arrived after the caller was told outcome_unknown.",
+                ),
+                &["verdict"],
+            )
+            .expect("valid metric"),
+            malformed_jobs: IntCounterVec::new(
+                Opts::new(
+                    "malformed_jobs_total",
+                    "Deliveries dead-lettered without a push because they are not a valid job.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            push_retries: IntCounterVec::new(
+                Opts::new(
+                    "push_retries_total",
+                    "Pushes to the worker retried in place, by why.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            worker_up: IntGauge::new(
+                "worker_up",
+                "1 while the worker takes work; 0 while consumption is paused for it.",
             )
             .expect("valid metric"),
             publish_duration: Histogram::with_opts(
@@ -196,8 +252,13 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(self.published.clone()),
+            Box::new(self.publish_refusals.clone()),
+            Box::new(self.publish_late_verdicts.clone()),
+            Box::new(self.malformed_jobs.clone()),
+            Box::new(self.push_retries.clone()),
+            Box::new(self.worker_up.clone()),
             Box::new(self.jobs.clone()),
             Box::new(self.publish_duration.clone()),
             Box::new(self.job_duration.clone()),

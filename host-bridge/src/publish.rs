@@ -1,15 +1,25 @@
 //! The loopback publish API that the producer component calls.
 //!
-//! `POST /v1/publish` takes one job and answers only once the broker has
-//! decided: `202` when it confirmed the (persistent, mandatory) message,
-//! `503` with `Retry-After` when it refused it or could not be reached in
-//! time. A job is never reported accepted before the broker holds it.
-//! `POST /v1/observe` takes the producer's report of each answer it gave, for
-//! the producer's request and response counters.
+//! `POST /v1/publish` takes one job and answers only once its fate is known,
+//! or says plainly that it is not:
 //!
-//! The connection and the confirm channel belong to `broker`.
+//! | answer | meaning |
+//! |---|---|
+//! | `202` | the broker confirmed the (persistent, mandatory) message |
+//! | `503` + `Retry-After` | **not queued**: the bridge never handed it to the broker (disconnected, blocked by an alarm, confirms overdue, too many in flight, deadline too close), or the broker nacked or returned it |
+//! | `504 outcome_unknown` + `Retry-After` | handed to the broker, no verdict in time (or the connection died before it came): it **may** be queued. Retry with the same id. |
+//!
+//! Memory stays bounded under any broker fault: a publish holds one of
+//! `--max-publishes-in-flight` permits from before its body is read until
+//! the broker's verdict arrives or the connection dies, even after its
+//! caller got `504`. A late verdict is counted, never silently applied.
+//!
+//! `POST /v1/observe` takes the producer's report of each answer it gave, for
+//! the producer's request and response counters. The connection and the
+//! confirm channel belong to `broker`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -18,16 +28,26 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use job::{Job, MAX_BODY_BYTES};
+use job::{Job, MAX_JOB_BYTES};
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Confirmation, ErrorKind};
 use serde::Deserialize;
-use tracing::{debug, warn};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
-use crate::api::{ApiError, read_json_body};
+use crate::api::{ApiError, discard_body, read_json_body};
 use crate::broker::SessionWatch;
 use crate::config::Config;
 use crate::metrics::{Metrics, PublishOutcome};
+
+/// The header in which the producer says until when (Unix time in
+/// milliseconds) it will wait for this answer. The bridge starts a publish
+/// only if its whole confirm wait fits before then, so that a caller that
+/// gave up is never followed by a job queued behind its back.
+pub const DEADLINE_HEADER: &str = "publish-deadline";
+
+/// Time kept back from a deadline for writing the answer.
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// Why a publish did not end in a confirm.
 #[derive(Debug, thiserror::Error)]
@@ -35,40 +55,98 @@ pub enum PublishError {
     /// No usable connection right now (disconnected or reconnecting).
     #[error("the broker is not connected")]
     Unavailable,
+    /// The broker blocked the connection (memory or disk alarm).
+    #[error("the broker is blocking publishers: {0}")]
+    Blocked(String),
+    /// Earlier publishes are past their confirm timeout and still waiting:
+    /// the broker or the link is stalled, so new ones are not sent.
+    #[error("the broker has not confirmed earlier publishes in time")]
+    Stalled,
+    /// `--max-publishes-in-flight` publishes are waiting for the broker.
+    #[error("{0} publishes are already waiting for the broker")]
+    Overloaded(u32),
+    /// The caller's deadline leaves no time to wait for a confirm.
+    #[error("the caller's deadline leaves less than the {0:?} a confirm may take")]
+    DeadlineExceeded(Duration),
     /// The broker nacked the message, e.g. because the queue is full.
     #[error("the broker refused the message (is the queue full?)")]
     Rejected,
     /// The broker returned the message: no queue is bound to its routing key.
     #[error("the broker could not route the message to queue {0:?}")]
     Unroutable(String),
-    /// No confirm arrived in time.
-    #[error("no confirm from the broker within {0:?}")]
+    /// The channel was closed before the message was sent.
+    #[error("the message could not be sent: {0}")]
+    NotSent(#[source] lapin::Error),
+    /// The message was handed to the broker but no verdict came in time.
+    #[error("no confirm from the broker within {0:?}; the job may still be queued")]
     Timeout(Duration),
-    /// The channel failed while publishing.
-    #[error("publishing failed: {0}")]
-    Channel(#[source] lapin::Error),
+    /// The message was handed to the broker, then the connection failed
+    /// before its verdict arrived.
+    #[error("the connection failed before the broker's verdict; the job may be queued: {0}")]
+    Lost(#[source] lapin::Error),
 }
 
 impl PublishError {
+    /// Whether the job may be queued despite this error: the `504` cases.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, PublishError::Timeout(_) | PublishError::Lost(_))
+    }
+
     /// The metric outcome of this error.
     pub fn outcome(&self) -> PublishOutcome {
         match self {
             PublishError::Rejected => PublishOutcome::Rejected,
             PublishError::Unroutable(_) => PublishOutcome::Unroutable,
-            PublishError::Unavailable | PublishError::Timeout(_) | PublishError::Channel(_) => {
-                PublishOutcome::Failed
-            }
+            e if e.outcome_unknown() => PublishOutcome::Unknown,
+            _ => PublishOutcome::Refused,
         }
     }
 
-    /// The stable error code in the 503 body.
+    /// The HTTP status: 504 when the outcome is unknown, else 503.
+    pub fn status(&self) -> StatusCode {
+        if self.outcome_unknown() {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+
+    /// The stable error code in the answer's body.
     pub fn code(&self) -> &'static str {
         match self {
             PublishError::Unavailable => "broker_unavailable",
+            PublishError::Blocked(_) => "broker_blocked",
+            PublishError::Stalled => "broker_stalled",
+            PublishError::Overloaded(_) => "overloaded",
+            PublishError::DeadlineExceeded(_) => "deadline_exceeded",
             PublishError::Rejected => "rejected",
             PublishError::Unroutable(_) => "unroutable",
-            PublishError::Timeout(_) => "confirm_timeout",
-            PublishError::Channel(_) => "publish_failed",
+            PublishError::NotSent(_) => "publish_failed",
+            PublishError::Timeout(_) | PublishError::Lost(_) => "outcome_unknown",
+        }
+    }
+}
+
+/// What became of a message handed to lapin.
+enum Verdict {
+    /// lapin refused it before sending (closed channel or connection).
+    NotSent(lapin::Error),
+    /// The broker's answer, or the connection's failure.
+    Sent(Result<Confirmation, lapin::Error>),
+}
+
+impl Verdict {
+    fn into_result(self, queue: &str) -> Result<(), PublishError> {
+        match self {
+            Verdict::NotSent(e) => Err(PublishError::NotSent(e)),
+            Verdict::Sent(Ok(Confirmation::Ack(None))) => Ok(()),
+            Verdict::Sent(Ok(Confirmation::Ack(Some(_)))) => {
+                Err(PublishError::Unroutable(queue.to_owned()))
+            }
+            Verdict::Sent(Ok(Confirmation::Nack(_))) => Err(PublishError::Rejected),
+            // The channel is put in confirm mode before it is handed out.
+            Verdict::Sent(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable),
+            Verdict::Sent(Err(e)) => Err(PublishError::Lost(e)),
         }
     }
 }
@@ -78,8 +156,13 @@ pub struct PublishApi {
     sessions: SessionWatch,
     queue: String,
     timeout: Duration,
+    body_timeout: Duration,
     retry_after: u32,
     metrics: Metrics,
+    max_in_flight: u32,
+    permits: Arc<Semaphore>,
+    /// Publishes whose caller got `504` and whose verdict is still to come.
+    overdue: Arc<AtomicUsize>,
 }
 
 impl PublishApi {
@@ -89,8 +172,12 @@ impl PublishApi {
             sessions,
             queue: config.queue.clone(),
             timeout: config.publish_timeout,
+            body_timeout: config.body_read_timeout,
             retry_after: config.retry_after_secs,
             metrics,
+            max_in_flight: config.max_publishes_in_flight,
+            permits: Arc::new(Semaphore::new(config.max_publishes_in_flight as usize)),
+            overdue: Arc::default(),
         }
     }
 
@@ -104,16 +191,44 @@ impl PublishApi {
             .with_state(self)
     }
 
-    /// Publishes one job's JSON and waits for the broker's verdict.
-    pub async fn publish(&self, id: &str, body: &[u8]) -> Result<(), PublishError> {
-        // Take the session without waiting: while disconnected, the caller
-        // gets a prompt 503 rather than a request that hangs.
+    /// Why a publish would be refused now without being sent, if it would.
+    /// `/readyz` says the same.
+    pub fn refusal(&self) -> Option<PublishError> {
+        let session = self.sessions.borrow();
+        let Some(session) = session.as_ref().filter(|s| s.usable()) else {
+            return Some(PublishError::Unavailable);
+        };
+        if session.blocked() {
+            return Some(PublishError::Blocked("memory or disk alarm".into()));
+        }
+        if self.overdue.load(Ordering::SeqCst) > 0 {
+            return Some(PublishError::Stalled);
+        }
+        None
+    }
+
+    /// Takes one of the in-flight permits, or says the bridge is full.
+    pub fn permit(&self) -> Result<OwnedSemaphorePermit, PublishError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PublishError::Overloaded(self.max_in_flight))
+    }
+
+    /// Publishes one job's JSON and waits for the broker's verdict, at most
+    /// the confirm timeout. `permit` is held until the verdict arrives, even
+    /// past the timeout.
+    pub async fn publish(
+        &self,
+        id: &str,
+        body: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), PublishError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
         let session = self.sessions.borrow().clone();
-        let Some(channel) = session
-            .as_ref()
-            .filter(|s| s.usable())
-            .and_then(|s| s.publisher.clone())
-        else {
+        let Some(channel) = session.as_ref().and_then(|s| s.publisher.clone()) else {
             return Err(PublishError::Unavailable);
         };
         let properties = BasicProperties::default()
@@ -122,33 +237,81 @@ impl PublishApi {
             // 2 = persistent: quorum queues persist anyway; this states intent.
             .with_delivery_mode(2)
             .with_timestamp(unix_seconds());
-        let confirm = async {
-            channel
+        let queue = self.queue.clone();
+        // The send and the wait run in their own task, so that a caller's
+        // timeout does not drop a message lapin may already have written: the
+        // task keeps the permit (and the body's memory) until the verdict.
+        let mut verdict = tokio::spawn(async move {
+            let _permit = permit;
+            let sent = channel
                 .basic_publish(
                     "".into(),
-                    self.queue.as_str().into(),
+                    queue.as_str().into(),
                     // Mandatory: a message that reaches no queue comes back
                     // instead of vanishing, and is reported as a failure.
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    body,
+                    &body,
                     properties,
                 )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(self.timeout, confirm).await {
-            Err(_) => Err(PublishError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(PublishError::Channel(e)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable(self.queue.clone())),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Rejected),
-            // The channel is put in confirm mode before it is handed out.
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable),
+                .await;
+            match sent {
+                Err(e) if never_sent(&e) => Verdict::NotSent(e),
+                Err(e) => Verdict::Sent(Err(e)),
+                Ok(confirm) => Verdict::Sent(confirm.await),
+            }
+        });
+        match tokio::time::timeout(self.timeout, &mut verdict).await {
+            Ok(Ok(verdict)) => verdict.into_result(&self.queue),
+            Ok(Err(panicked)) => Err(PublishError::Lost(lapin::Error::from(
+                std::io::Error::other(panicked.to_string()),
+            ))),
+            Err(_) => {
+                self.overdue.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(settle_late(
+                    id.to_owned(),
+                    verdict,
+                    self.overdue.clone(),
+                    self.metrics.clone(),
+                ));
+                Err(PublishError::Timeout(self.timeout))
+            }
         }
     }
+}
+
+/// Whether lapin refused a publish before writing any of it.
+fn never_sent(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::InvalidChannelState(..)
+            | ErrorKind::InvalidConnectionState(_)
+            | ErrorKind::InvalidChannel(_)
+    )
+}
+
+/// Waits for the verdict of a publish whose caller already got `504`, counts
+/// it, and lifts the stall it caused.
+async fn settle_late(
+    id: String,
+    verdict: tokio::task::JoinHandle<Verdict>,
+    overdue: Arc<AtomicUsize>,
+    metrics: Metrics,
+) {
+    let label = match verdict.await {
+        Ok(Verdict::Sent(Ok(Confirmation::Ack(None)))) => "confirmed",
+        Ok(Verdict::Sent(Ok(_))) => "refused",
+        Ok(Verdict::NotSent(_)) => "refused",
+        Ok(Verdict::Sent(Err(_))) | Err(_) => "lost",
+    };
+    overdue.fetch_sub(1, Ordering::SeqCst);
+    metrics
+        .publish_late_verdicts
+        .with_label_values(&[label])
+        .inc();
+    info!(id = ?id, verdict = label, "late verdict for a publish answered outcome_unknown");
 }
 
 fn unix_seconds() -> u64 {
@@ -158,33 +321,95 @@ fn unix_seconds() -> u64 {
         .unwrap_or_default()
 }
 
+/// The time left before the caller's `publish-deadline`, if it sent one.
+fn time_left(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(DEADLINE_HEADER) else {
+        return Ok(None);
+    };
+    let deadline_ms: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_deadline",
+                format!("{DEADLINE_HEADER} must be Unix time in milliseconds"),
+            )
+        })?;
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    Ok(Some(
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    ))
+}
+
 async fn publish(
     State(api): State<Arc<PublishApi>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let bytes = read_json_body(headers.get(header::CONTENT_TYPE), body, MAX_BODY_BYTES).await?;
-    let job = Job::from_body(&bytes)?;
-    let result = api.publish(&job.id, &bytes).await;
+    let result = publish_request(&api, &headers, body).await?;
     let outcome = result
         .as_ref()
-        .map_or_else(PublishError::outcome, |()| PublishOutcome::Confirmed);
+        .map_or_else(|(_, e)| e.outcome(), |_| PublishOutcome::Confirmed);
     api.metrics.publish_done(&api.queue, outcome, started);
     match result {
-        Ok(()) => {
-            debug!(id = %job.id, "published");
-            let body = serde_json::json!({ "id": job.id, "outcome": outcome.label() });
+        Ok(id) => {
+            debug!(id = ?id, "published");
+            let body = serde_json::json!({ "id": id, "outcome": outcome.label() });
             Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
         }
-        Err(e) => {
-            warn!(id = %job.id, error = %e, "publish not confirmed");
-            Err(ApiError::unavailable(
-                e.code(),
-                e.to_string(),
-                api.retry_after,
-            ))
+        Err((id, e)) => {
+            api.metrics
+                .publish_refusals
+                .with_label_values(&[e.code()])
+                .inc();
+            // Debug formatting escapes the id: it came from a client.
+            warn!(id = ?id, error = %e, "publish not confirmed");
+            Err(ApiError::new(e.status(), e.code(), e.to_string()).retry_after(api.retry_after))
         }
+    }
+}
+
+/// One publish request from gate to verdict. The outer `Err` is a bad
+/// request (nothing was attempted); the inner one the broker's or the
+/// bridge's refusal, with the job id when it is known.
+async fn publish_request(
+    api: &PublishApi,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Result<String, (Option<String>, PublishError)>, ApiError> {
+    // Refuse before holding the body: a stalled or blocked broker must cost
+    // no memory. The body is still read (and dropped), so that the client
+    // gets the answer rather than a reset connection.
+    let permit = match api.refusal().map_or_else(|| api.permit(), Err) {
+        Ok(permit) => permit,
+        Err(e) => {
+            discard_body(body, MAX_JOB_BYTES, api.body_timeout).await;
+            return Ok(Err((None, e)));
+        }
+    };
+    let time_left = time_left(headers)?;
+    let bytes = read_json_body(
+        headers.get(header::CONTENT_TYPE),
+        body,
+        MAX_JOB_BYTES,
+        api.body_timeout,
+    )
+    .await?;
+    let job = Job::from_body(&bytes)?;
+    if time_left.is_some_and(|left| left < api.timeout + ANSWER_MARGIN) {
+        return Ok(Err((
+            Some(job.id),
+            PublishError::DeadlineExceeded(api.timeout),
+        )));
+    }
+    match api.publish(&job.id, bytes, permit).await {
+        Ok(()) => Ok(Ok(job.id)),
+        Err(e) => Ok(Err((Some(job.id), e))),
     }
 }
 
@@ -215,7 +440,13 @@ async fn observe(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let bytes = read_json_body(headers.get(header::CONTENT_TYPE), body, 1024).await?;
+    let bytes = read_json_body(
+        headers.get(header::CONTENT_TYPE),
+        body,
+        1024,
+        api.body_timeout,
+    )
+    .await?;
     let observation: Observation = job::parse_json(&bytes)?;
     if !(100..=599).contains(&observation.status) {
         return Err(ApiError::new(
@@ -249,16 +480,54 @@ mod tests {
     }
 
     #[test]
-    fn every_failure_is_a_503_code_and_never_confirmed() {
-        let errors = [
+    fn only_a_sent_message_without_a_verdict_is_outcome_unknown() {
+        let io = || lapin::Error::from(std::io::Error::other("reset"));
+        let unknown = [
+            PublishError::Timeout(Duration::from_secs(1)),
+            PublishError::Lost(io()),
+        ];
+        for e in unknown {
+            assert_eq!(
+                (e.status(), e.code()),
+                (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown")
+            );
+            assert_eq!(e.outcome(), PublishOutcome::Unknown);
+        }
+        let not_queued = [
             PublishError::Unavailable,
+            PublishError::Blocked("alarm".into()),
+            PublishError::Stalled,
+            PublishError::Overloaded(1),
+            PublishError::DeadlineExceeded(Duration::from_secs(1)),
             PublishError::Rejected,
             PublishError::Unroutable("q".into()),
-            PublishError::Timeout(Duration::from_secs(1)),
+            PublishError::NotSent(io()),
         ];
-        for e in errors {
-            assert_ne!(e.outcome(), PublishOutcome::Confirmed);
-            assert!(!e.code().is_empty());
+        for e in not_queued {
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+            assert_ne!(e.code(), "outcome_unknown");
         }
+        // An I/O error from basic_publish may come after some frames left.
+        assert!(!never_sent(&io()));
+    }
+
+    #[test]
+    fn deadlines_are_read_from_the_header() {
+        let mut headers = HeaderMap::new();
+        assert!(time_left(&headers).unwrap().is_none());
+        headers.insert(DEADLINE_HEADER, "1".parse().unwrap());
+        assert_eq!(time_left(&headers).unwrap(), Some(Duration::ZERO));
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let ms = later
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        headers.insert(DEADLINE_HEADER, ms.to_string().parse().unwrap());
+        assert!(time_left(&headers).unwrap().unwrap() > Duration::from_secs(50));
+        headers.insert(DEADLINE_HEADER, "soon".parse().unwrap());
+        assert_eq!(
+            time_left(&headers).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

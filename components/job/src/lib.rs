@@ -8,41 +8,43 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-/// The largest request body any edge accepts: `/generate`, the bridge's
-/// publish API and the worker. A job is a small envelope, not a data transfer.
+/// The largest body a client may `POST` to `/generate`: the limit the README
+/// states. A job is a small envelope, not a data transfer.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Room for the envelope around a payload: `id` (at most [`MAX_ID_LEN`]
+/// bytes that never need escaping), `created_at` and the JSON punctuation.
+const ENVELOPE_BYTES: usize = 1024;
+
+/// The largest job (the envelope plus the payload) that the bridge's publish
+/// API and the worker accept. Any `/generate` body within [`MAX_BODY_BYTES`]
+/// makes a job within this: the payload travels as the client wrote it.
+pub const MAX_JOB_BYTES: usize = MAX_BODY_BYTES + ENVELOPE_BYTES;
+
 /// The longest job id accepted. Ids become AMQP `message-id`s (a short
-/// string, at most 255 bytes) and log fields.
+/// string, at most 255 bytes), HTTP header values and log fields.
 pub const MAX_ID_LEN: usize = 128;
 
 /// One unit of work, as published to the queue and pushed to the worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     /// Unique id, also the idempotency key for at-least-once delivery.
     pub id: String,
     /// When the producer created the job, RFC 3339 in UTC.
     pub created_at: String,
-    /// Optional caller data, carried untouched.
+    /// Optional caller data, carried byte for byte as the caller wrote it:
+    /// never re-encoded, so it cannot grow past the limit it was checked
+    /// against (`1e5` stays `1e5`, not `100000.0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Box<RawValue>>,
 }
 
 impl Job {
     /// Checks the invariants a deserialized job must hold.
     pub fn validate(&self) -> Result<(), BodyError> {
-        if self.id.is_empty() || self.id.len() > MAX_ID_LEN {
-            return Err(BodyError::Invalid(format!(
-                "`id` must be 1 to {MAX_ID_LEN} bytes long"
-            )));
-        }
-        if self.id.chars().any(char::is_control) {
-            return Err(BodyError::Invalid(
-                "`id` must not contain control characters".into(),
-            ));
-        }
-        Ok(())
+        validate_id(&self.id)
     }
 
     /// Parses and validates a job from a request body.
@@ -53,14 +55,41 @@ impl Job {
     }
 }
 
+/// Checks a job id: 1 to [`MAX_ID_LEN`] bytes of `A-Z a-z 0-9 . _ : -`.
+///
+/// The id is the idempotency key, the AMQP `message-id`, an HTTP header
+/// value and a log field: a narrow charset keeps it safe in all four (no
+/// escaping, no control characters, no header or log injection). UUIDs,
+/// ULIDs and most database keys fit.
+pub fn validate_id(id: &str) -> Result<(), BodyError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(BodyError::Invalid(format!(
+            "`id` must be 1 to {MAX_ID_LEN} bytes long"
+        )));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(BodyError::Invalid(
+            "`id` may contain only A-Z, a-z, 0-9 and . _ : -".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The body a caller may `POST` to `/generate`. Every field is optional, and
 /// an empty body means "no payload".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
-    /// Caller data to carry in the job.
+    /// The caller's own job id (its idempotency key); the producer makes a
+    /// UUIDv7 when absent. The `Idempotency-Key` header does the same.
     #[serde(default)]
-    pub payload: Option<serde_json::Value>,
+    pub id: Option<String>,
+    /// Caller data to carry in the job, untouched.
+    #[serde(default)]
+    pub payload: Option<Box<RawValue>>,
 }
 
 /// What the worker answers for a job it finished.
@@ -168,12 +197,11 @@ pub fn check_content_type(content_type: Option<&str>) -> Result<(), BodyError> {
     }
 }
 
-/// Checks the size limit on a body that has been read in full.
-pub fn check_size(len: usize) -> Result<(), BodyError> {
-    if len > MAX_BODY_BYTES {
-        Err(BodyError::TooLarge {
-            limit: MAX_BODY_BYTES,
-        })
+/// Checks a body's length against `limit` ([`MAX_BODY_BYTES`] for
+/// `/generate`, [`MAX_JOB_BYTES`] for a job).
+pub fn check_size(len: usize, limit: usize) -> Result<(), BodyError> {
+    if len > limit {
+        Err(BodyError::TooLarge { limit })
     } else {
         Ok(())
     }
@@ -199,7 +227,31 @@ mod tests {
         };
         let json = serde_json::to_string(&job).unwrap();
         assert!(!json.contains("payload"), "{json}");
-        assert_eq!(Job::from_body(json.as_bytes()).unwrap(), job);
+        let back = Job::from_body(json.as_bytes()).unwrap();
+        assert_eq!((back.id, back.payload.is_none()), ("a".into(), true));
+    }
+
+    #[test]
+    fn payloads_travel_as_written_and_a_full_body_fits_a_job() {
+        let body = br#"{"payload": [1e5, 1E+5, 0.10, "\u00e9"]}"#;
+        let request: GenerateRequest = parse_json(body).unwrap();
+        let job = Job {
+            id: "x".repeat(MAX_ID_LEN),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            payload: request.payload,
+        };
+        let json = serde_json::to_string(&job).unwrap();
+        assert!(json.contains(r#"[1e5, 1E+5, 0.10, "\u00e9"]"#), "{json}");
+        // The worst case: a body at the limit with the longest id.
+        let filler = "x".repeat(MAX_BODY_BYTES - r#"{"payload":""}"#.len());
+        let body = format!(r#"{{"payload":"{filler}"}}"#);
+        assert_eq!(body.len(), MAX_BODY_BYTES);
+        let request: GenerateRequest = parse_json(body.as_bytes()).unwrap();
+        let job = Job {
+            payload: request.payload,
+            ..job
+        };
+        assert!(check_size(serde_json::to_vec(&job).unwrap().len(), MAX_JOB_BYTES).is_ok());
     }
 
     #[test]
@@ -213,6 +265,17 @@ mod tests {
         assert_eq!(Job::from_body(empty).unwrap_err().code(), "invalid_job");
         let control = br#"{"id":"a\nb","created_at":"x"}"#;
         assert!(Job::from_body(control).is_err());
+        for bad in ["a b", "a/b", "é", r"a\u001b[31m", r"x\r\ny"] {
+            let json = format!(r#"{{"id":"{bad}","created_at":"x"}}"#);
+            assert!(Job::from_body(json.as_bytes()).is_err(), "{bad}");
+        }
+        for good in [
+            "0190f0a2-7c4e-7d6f-8000-000000000000",
+            "order:42",
+            "A.b_c-9",
+        ] {
+            validate_id(good).unwrap();
+        }
     }
 
     #[test]
@@ -228,6 +291,8 @@ mod tests {
     #[test]
     fn generate_request_rejects_unknown_fields() {
         assert!(parse_json::<GenerateRequest>(br#"{"payload": {"a": 1}}"#).is_ok());
+        let with_id = parse_json::<GenerateRequest>(br#"{"id": "k-1"}"#).unwrap();
+        assert_eq!(with_id.id.as_deref(), Some("k-1"));
         assert!(parse_json::<GenerateRequest>(br#"{"paylod": 1}"#).is_err());
     }
 
@@ -243,8 +308,9 @@ mod tests {
 
     #[test]
     fn size_limit_is_inclusive() {
-        assert!(check_size(MAX_BODY_BYTES).is_ok());
-        assert_eq!(check_size(MAX_BODY_BYTES + 1).unwrap_err().status(), 413);
+        assert!(check_size(MAX_BODY_BYTES, MAX_BODY_BYTES).is_ok());
+        let err = check_size(MAX_BODY_BYTES + 1, MAX_BODY_BYTES).unwrap_err();
+        assert_eq!(err.status(), 413);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! environment variables, so the same .wasm runs under `spin up`,
 //! `wasmtime serve -Scli` and the containerd shims.
 
-use std::time::SystemTime;
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use futures::SinkExt;
 use job::{BodyError, ErrorBody, GenerateRequest, Job};
@@ -29,6 +31,19 @@ const DEFAULT_PUBLISH_URL: &str = "http://127.0.0.1:9091/v1/publish";
 const OBSERVE_URL_ENV: &str = "BRIDGE_OBSERVE_URL";
 /// host-bridge's default observation endpoint, beside the publish endpoint.
 const DEFAULT_OBSERVE_URL: &str = "http://127.0.0.1:9091/v1/observe";
+/// How long the producer waits for the bridge's answer, in milliseconds.
+/// Set like `BRIDGE_PUBLISH_URL`.
+const BRIDGE_TIMEOUT_ENV: &str = "BRIDGE_TIMEOUT_MS";
+/// The default: the bridge's confirm timeout (`PUBLISH_TIMEOUT`, 5 s) and
+/// room for the request to wait for the bridge. The bridge starts a publish
+/// only if its whole confirm wait fits before this deadline, which it reads
+/// from the `publish-deadline` header.
+const DEFAULT_BRIDGE_TIMEOUT_MS: u64 = 7_000;
+/// The header carrying that deadline (host-bridge's `publish::DEADLINE_HEADER`).
+const DEADLINE_HEADER: &str = "publish-deadline";
+/// The header in which a client may choose the job id, so that a retry after
+/// an ambiguous answer is recognisably the same job.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// What the producer suggests when the bridge can't be reached at all; the
 /// bridge sends its own `Retry-After` otherwise.
 const DEFAULT_RETRY_AFTER_SECS: &str = "1";
@@ -89,6 +104,7 @@ async fn answer(req: IncomingRequest, method: &Method, path: &str) -> Answer {
             format!("no route for {path}; try {GENERATE}"),
         );
     }
+    let key = header(&req.headers(), IDEMPOTENCY_KEY);
     let generate = match method {
         Method::Get => GenerateRequest::default(),
         Method::Post => match read_generate_request(req).await {
@@ -104,13 +120,35 @@ async fn answer(req: IncomingRequest, method: &Method, path: &str) -> Answer {
             .with_header("allow", "GET, POST");
         }
     };
+    let id = match job_id(key, generate.id) {
+        Ok(id) => id,
+        Err(answer) => return answer,
+    };
     let job = Job {
-        // UUIDv7 sorts by creation time, which makes queue dumps readable.
-        id: uuid::Uuid::now_v7().to_string(),
+        id,
         created_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         payload: generate.payload,
     };
     publish(&job).await
+}
+
+/// The job's id: the client's (from `Idempotency-Key` or the body's `id`,
+/// which must agree when both are given), else a new UUIDv7, which sorts by
+/// creation time and makes queue dumps readable.
+fn job_id(header: Option<String>, body: Option<String>) -> Result<String, Answer> {
+    let id = match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(Answer::error(
+                400,
+                "conflicting_ids",
+                "the Idempotency-Key header and the body's id differ",
+            ));
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => return Ok(uuid::Uuid::now_v7().to_string()),
+    };
+    job::validate_id(&id)?;
+    Ok(id)
 }
 
 /// Reads and checks a `POST /generate` body, stopping as soon as it passes
@@ -121,15 +159,13 @@ async fn read_generate_request(req: IncomingRequest) -> Result<GenerateRequest, 
     let mut stream = req.into_body_stream();
     let mut body = Vec::new();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
-        let chunk = chunk.map_err(|e| {
-            Answer::error(
-                400,
-                "body_read_failed",
-                format!("could not read the body: {e}"),
-            )
+        // The cause (a host's error, with its backtrace) is no business of
+        // the client's: it learns that its body was unreadable.
+        let chunk = chunk.map_err(|_| {
+            Answer::error(400, "body_read_failed", "could not read the request body")
         })?;
         body.extend_from_slice(&chunk);
-        job::check_size(body.len())?;
+        job::check_size(body.len(), job::MAX_BODY_BYTES)?;
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(GenerateRequest::default());
@@ -140,46 +176,113 @@ async fn read_generate_request(req: IncomingRequest) -> Result<GenerateRequest, 
 /// Hands the job to the bridge and turns its verdict into the client's answer.
 async fn publish(job: &Job) -> Answer {
     let url = env_or(PUBLISH_URL_ENV, DEFAULT_PUBLISH_URL);
+    let timeout = match bridge_timeout() {
+        Ok(timeout) => timeout,
+        Err(message) => return Answer::error(500, "bad_config", message),
+    };
     let body = match serde_json::to_vec(job) {
         Ok(body) => body,
-        Err(e) => return Answer::error(500, "internal", format!("could not encode the job: {e}")),
+        Err(_) => return Answer::error(500, "internal", "could not encode the job"),
     };
+    let deadline = SystemTime::now() + timeout;
+    let deadline_ms = deadline
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
     let request = Request::post(&url, body)
         .header("content-type", "application/json")
+        .header(DEADLINE_HEADER, deadline_ms.to_string())
         .build();
-    let response: Response = match send(request).await {
-        Ok(response) => response,
-        Err(e) => {
-            return Answer::error(
-                503,
-                "bridge_unavailable",
-                format!("the publish bridge at {url} did not answer: {e}"),
-            )
-            .with_header("retry-after", DEFAULT_RETRY_AFTER_SECS);
+    let unavailable = || {
+        Answer::error(
+            503,
+            "bridge_unavailable",
+            "the publish bridge did not answer; the job was not queued",
+        )
+        .with_header("retry-after", DEFAULT_RETRY_AFTER_SECS)
+    };
+    // The bridge refuses to start a publish it could not finish before the
+    // deadline, so when this wait runs out the job is not queued.
+    let answer = std::pin::pin!(send::<_, Response>(request));
+    let timer = std::pin::pin!(sleep(timeout));
+    let sent = futures::future::select(answer, timer).await;
+    let response = match sent {
+        futures::future::Either::Left((Ok(response), _)) => response,
+        futures::future::Either::Left((Err(e), _)) => {
+            eprintln!("producer: the publish bridge at {url} failed: {e}");
+            return unavailable();
+        }
+        futures::future::Either::Right(_) => {
+            eprintln!("producer: no answer from the publish bridge at {url} within {timeout:?}");
+            return unavailable();
         }
     };
     match *response.status() {
         202 => Answer::json(202, serde_json::json!({ "id": job.id }).to_string()),
-        // The broker could not take the job (down, queue full, nack): pass the
+        // Not queued (503), or maybe queued (504 outcome_unknown): pass the
         // bridge's verdict and its retry hint through unchanged.
-        503 => {
+        status @ (503 | 504) => {
             let retry_after = response
                 .header("retry-after")
                 .and_then(|v| v.as_str())
                 .unwrap_or(DEFAULT_RETRY_AFTER_SECS)
                 .to_owned();
-            Answer::json(503, String::from_utf8_lossy(response.body()).into_owned())
-                .with_header("retry-after", &retry_after)
+            Answer::json(
+                status,
+                String::from_utf8_lossy(response.body()).into_owned(),
+            )
+            .with_header("retry-after", &retry_after)
         }
-        other => Answer::error(
-            502,
-            "bad_gateway",
-            format!(
-                "the publish bridge answered {other}: {}",
+        other => {
+            eprintln!(
+                "producer: the publish bridge answered {other}: {}",
                 String::from_utf8_lossy(response.body())
-            ),
-        ),
+            );
+            Answer::error(
+                502,
+                "bad_gateway",
+                format!("the publish bridge answered {other}; the job was not queued"),
+            )
+        }
     }
+}
+
+/// Reads `BRIDGE_TIMEOUT_MS`, defaulting when unset.
+fn bridge_timeout() -> Result<Duration, String> {
+    match std::env::var(BRIDGE_TIMEOUT_ENV) {
+        Err(_) => Ok(Duration::from_millis(DEFAULT_BRIDGE_TIMEOUT_MS)),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                format!("{BRIDGE_TIMEOUT_ENV} must be a positive whole number of milliseconds")
+            }),
+    }
+}
+
+/// Resolves after `duration`, on the wasi:clocks monotonic clock, driven by
+/// spin-sdk's executor like its own HTTP futures.
+fn sleep(duration: Duration) -> impl Future<Output = ()> {
+    use wasi::clocks::monotonic_clock;
+    let deadline = monotonic_clock::now()
+        .saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+    // The registration lives as long as the future: dropping it (the answer
+    // came first) withdraws the pollable from the executor.
+    let mut registration: Option<spin_executor::CancelOnDropToken> = None;
+    futures::future::poll_fn(move |context| {
+        if monotonic_clock::now() >= deadline {
+            registration.take();
+            return Poll::Ready(());
+        }
+        let pollable = monotonic_clock::subscribe_instant(deadline);
+        registration.replace(spin_executor::CancelOnDropToken::from(
+            spin_executor::push_waker_and_get_token(pollable, context.waker().clone()),
+        ));
+        Poll::Pending
+    })
 }
 
 /// Writes the answer and ends the response body.

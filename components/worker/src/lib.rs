@@ -25,8 +25,8 @@ fn handle(req: Request) -> impl IntoResponse {
             .header("allow", "POST")
             .build();
     }
-    // The bridge sends at most job::MAX_BODY_BYTES; the check guards direct callers.
-    if let Err(e) = job::check_size(req.body().len()) {
+    // The bridge sends at most job::MAX_JOB_BYTES; the check guards direct callers.
+    if let Err(e) = job::check_size(req.body().len(), job::MAX_JOB_BYTES) {
         return error(e.status(), e.code(), e.to_string()).build();
     }
     // A job that can't be parsed never will be: answer 4xx so the bridge

@@ -1,0 +1,1087 @@
+//! Holding the line under stress: the fault suite's second half. Broker
+//! alarms, a paused broker, a blackholed link, a stalled bridge, a worker
+//! gone with a backlog, a worker that cuts its answer short, hostile message
+//! ids, slow clients and overload, each injected for real against real
+//! processes.
+//!
+//! Each test prints accepted, processed, lost, duplicated, false 503s (a
+//! refusal whose job was queued anyway) and, where a bridge process is under
+//! load, its peak RSS; and asserts what the promise says: nothing accepted
+//! is lost, no refusal is false, memory stays bounded, every answer is
+//! prompt JSON, and everything recovers by itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use e2e::admin::MetricSource;
+use e2e::amqp::{Inspector, amqp_url, unique_queue};
+use e2e::bridge::RunningBridge;
+use e2e::private_broker::PrivateBroker;
+use e2e::process::BridgeProcess;
+use e2e::rig::{Rig, job};
+use e2e::wasm;
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+/// The bridge's memory bound under load: the producer pod's sidecar limit
+/// in `manifests/` (64 Mi).
+const SIDECAR_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// What each caller was told, by job id.
+#[derive(Default)]
+struct Answers {
+    by_id: BTreeMap<String, (u16, String)>,
+    slowest: Duration,
+}
+
+impl Answers {
+    fn ids(&self, status: u16) -> BTreeSet<String> {
+        self.by_id
+            .iter()
+            .filter(|(_, (s, _))| *s == status)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn codes(&self) -> BTreeMap<String, usize> {
+        let mut codes = BTreeMap::new();
+        for (status, code) in self.by_id.values() {
+            *codes.entry(format!("{status} {code}")).or_default() += 1;
+        }
+        codes
+    }
+}
+
+/// What a test counted, against what was queued.
+struct Tally {
+    accepted: usize,
+    processed: usize,
+    lost: usize,
+    duplicated: usize,
+    false_503s: usize,
+    unknown: usize,
+    unknown_queued: usize,
+}
+
+impl Tally {
+    /// `queued`: every job id found in the queue, with repeats.
+    fn of(answers: &Answers, queued: &[String]) -> Self {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in queued {
+            *counts.entry(id.as_str()).or_default() += 1;
+        }
+        let accepted = answers.ids(202);
+        let refused = answers.ids(503);
+        let unknown = answers.ids(504);
+        Self {
+            accepted: accepted.len(),
+            processed: counts.len(),
+            lost: accepted
+                .iter()
+                .filter(|id| !counts.contains_key(id.as_str()))
+                .count(),
+            duplicated: counts.values().map(|n| n - 1).sum(),
+            false_503s: refused
+                .iter()
+                .filter(|id| counts.contains_key(id.as_str()))
+                .count(),
+            unknown: unknown.len(),
+            unknown_queued: unknown
+                .iter()
+                .filter(|id| counts.contains_key(id.as_str()))
+                .count(),
+        }
+    }
+
+    fn report(&self, test: &str, extra: &str) {
+        println!(
+            "{test}: accepted {}, processed {}, lost {}, duplicated {}, false 503s {}, \
+             outcome unknown {} (of which queued {}){extra}",
+            self.accepted,
+            self.processed,
+            self.lost,
+            self.duplicated,
+            self.false_503s,
+            self.unknown,
+            self.unknown_queued
+        );
+    }
+
+    fn assert_honest(&self) {
+        assert_eq!(self.lost, 0, "accepted jobs missing from the queue");
+        assert_eq!(self.false_503s, 0, "a 503 whose job was queued anyway");
+        assert_eq!(self.duplicated, 0, "a job queued twice");
+    }
+}
+
+/// Publishes `count` jobs (ids `{prefix}-{n}`) through `url` from
+/// `concurrency` clients, each request bounded by `limit`, recording every
+/// answer. A non-JSON answer or a hung request fails the test.
+async fn load(
+    url: &str,
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+    payload_bytes: usize,
+    limit: Duration,
+) -> Answers {
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let payload = json!("x".repeat(payload_bytes));
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (url, answers, next, payload, prefix) = (
+            url.to_owned(),
+            answers.clone(),
+            next.clone(),
+            payload.clone(),
+            prefix.to_owned(),
+        );
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= count {
+                    return;
+                }
+                let id = format!("{prefix}-{n}");
+                let started = Instant::now();
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .timeout(limit)
+                    .body(job(&id, payload.clone()))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{id}: no answer within {limit:?}: {e:?}"));
+                let status = response.status().as_u16();
+                if status != 202 {
+                    assert!(
+                        response.headers().contains_key("retry-after"),
+                        "{id}: {status} without Retry-After"
+                    );
+                }
+                let body: serde_json::Value = response
+                    .json()
+                    .await
+                    .unwrap_or_else(|e| panic!("{id}: {status} with a non-JSON body: {e}"));
+                let code = body["error"].as_str().unwrap_or("").to_owned();
+                let mut answers = answers.lock().await;
+                answers.slowest = answers.slowest.max(started.elapsed());
+                answers.by_id.insert(id, (status, code));
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("a load client panicked");
+    }
+    Arc::try_unwrap(answers)
+        .map(Mutex::into_inner)
+        .unwrap_or_else(|_| panic!("load clients still hold the answers"))
+}
+
+/// Every job id in `queue`, taking the messages off it.
+async fn queued_ids(inspector: &Inspector, queue: &str) -> Result<Vec<String>> {
+    inspector
+        .drain(queue)
+        .await?
+        .iter()
+        .map(|d| Ok(job::Job::from_body(&d.data)?.id))
+        .collect()
+}
+
+/// A publish-role bridge process against `amqp`.
+async fn publisher(amqp: &str, queue: &str, extra: &[&str]) -> Result<BridgeProcess> {
+    let mut args = vec!["--roles", "publish", "--queue", queue];
+    args.extend_from_slice(extra);
+    let bridge = BridgeProcess::spawn(amqp, &args).await?;
+    bridge.wait_ready().await;
+    Ok(bridge)
+}
+
+/// Waits until /readyz says not ready, returning its reason.
+async fn wait_unready(bridge: &BridgeProcess, limit: Duration) -> String {
+    e2e::eventually("/readyz to turn false", limit, || async {
+        match bridge.admin("/readyz").await {
+            Ok((503, body)) => Some(body),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// A broker alarm under load: the broker blocks publishers; the bridge must
+/// refuse at once (never queue a refused job later), stay within its memory
+/// bound, say not ready, and recover when the alarm clears.
+async fn alarm_under_load(test: &str, raise: &[&str], clear: &[&str]) -> Result<()> {
+    let broker = PrivateBroker::start(test).await?;
+    let queue = unique_queue(test);
+    let amqp = broker.amqp_url();
+    let bridge = publisher(
+        &amqp,
+        &queue,
+        &["--publish-timeout", "2s", "--max-publishes-in-flight", "64"],
+    )
+    .await?;
+    let url = bridge.publish_url("/v1/publish");
+    let before = load(&url, "before", 20, 4, 0, Duration::from_secs(10)).await;
+    assert_eq!(before.ids(202).len(), 20);
+
+    broker.ctl(raise).await?;
+    // 1,500 jobs of 60 KB from 200 clients: 90 MB, if it were all held.
+    let during = load(&url, "alarm", 1_500, 200, 60_000, Duration::from_secs(10)).await;
+    let reason = wait_unready(&bridge, Duration::from_secs(20)).await;
+    let peak = bridge.peak_rss()?;
+    broker.ctl(clear).await?;
+    bridge.wait_ready().await;
+    let after = load(&url, "after", 20, 4, 0, Duration::from_secs(10)).await;
+
+    let mut answers = during;
+    answers.by_id.extend(before.by_id);
+    answers.by_id.extend(after.by_id);
+    let inspector = Inspector::connect_to(&amqp).await?;
+    // Publishes answered 504 may still be confirmed once the alarm clears:
+    // wait until the bridge has counted a verdict for each.
+    let unknown = answers.ids(504).len() as f64;
+    bridge
+        .wait_metric(
+            "host_bridge_publish_late_verdicts_total",
+            &[],
+            unknown,
+            Duration::from_secs(30),
+        )
+        .await;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    tally.report(
+        test,
+        &format!(
+            "; answers {:?}; slowest {:?}; not ready: {reason}; bridge peak RSS {:.1} MiB",
+            answers.codes(),
+            answers.slowest,
+            peak as f64 / 1048576.0
+        ),
+    );
+    tally.assert_honest();
+    assert!(reason.contains("broker_blocked"), "{reason}");
+    assert!(
+        answers.ids(503).len() >= 1_000,
+        "the alarm refused too little: {:?}",
+        answers.codes()
+    );
+    assert!(peak < SIDECAR_MEMORY_LIMIT, "peak RSS {peak} bytes");
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_refuses_at_once_within_bounded_memory_and_recovers() -> Result<()> {
+    alarm_under_load(
+        "stress-mem",
+        &["set_vm_memory_high_watermark", "0.0000001"],
+        &["set_vm_memory_high_watermark", "0.4"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_alarm_refuses_at_once_within_bounded_memory_and_recovers() -> Result<()> {
+    alarm_under_load(
+        "stress-disk",
+        &["set_disk_free_limit", "100000GB"],
+        &["set_disk_free_limit", "1MB"],
+    )
+    .await
+}
+
+/// Paces publishes (ids `{prefix}-{n}`) until `until` is set, recording
+/// every answer: load that spans a fault and its recovery.
+fn paced_load(
+    url: String,
+    prefix: &'static str,
+    until: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Answers> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut answers = Answers::default();
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        for n in 0.. {
+            if until.load(Ordering::SeqCst) {
+                break;
+            }
+            pace.tick().await;
+            let id = format!("{prefix}-{n}");
+            let started = Instant::now();
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .timeout(Duration::from_secs(10))
+                .body(job(&id, json!(null)))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{id}: no answer: {e}"));
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("a JSON answer");
+            answers.slowest = answers.slowest.max(started.elapsed());
+            answers.by_id.insert(
+                id,
+                (status, body["error"].as_str().unwrap_or("").to_owned()),
+            );
+        }
+        answers
+    })
+}
+
+/// A fault that freezes the AMQP link (`freeze`) and later ends (`thaw`),
+/// under paced load. Returns the answers and the not-ready reason.
+async fn frozen_link(
+    test: &str,
+    bridge: &BridgeProcess,
+    freeze: impl AsyncFnOnce() -> Result<()>,
+    thaw: impl AsyncFnOnce() -> Result<()>,
+) -> Result<(Answers, String, Duration)> {
+    let until = Arc::new(AtomicBool::new(false));
+    let load = paced_load(bridge.publish_url("/v1/publish"), "link", until.clone());
+    bridge
+        .wait_metric(
+            "host_bridge_published_total",
+            &[("outcome", "confirmed")],
+            20.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    freeze().await?;
+    let frozen = Instant::now();
+    // The heartbeat (2 s here) declares the link dead after two silent
+    // periods: the bridge then reconnects on its own.
+    let reason = wait_unready(bridge, Duration::from_secs(20)).await;
+    e2e::eventually(
+        "the dead link to be noticed",
+        Duration::from_secs(20),
+        || async { (bridge.metric("host_bridge_broker_up", &[]).await == 0.0).then_some(()) },
+    )
+    .await;
+    let noticed = frozen.elapsed();
+    thaw().await?;
+    bridge.wait_ready().await;
+    let confirmed = bridge
+        .metric("host_bridge_published_total", &[("outcome", "confirmed")])
+        .await;
+    bridge
+        .wait_metric(
+            "host_bridge_published_total",
+            &[("outcome", "confirmed")],
+            confirmed + 20.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    until.store(true, Ordering::SeqCst);
+    let answers = load.await?;
+    println!("{test}: dead link noticed after {noticed:?}");
+    Ok((answers, reason, noticed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_broker_no_false_503_not_ready_and_reconnects() -> Result<()> {
+    let broker = PrivateBroker::start("stress-pause").await?;
+    let queue = unique_queue("stress-pause");
+    let amqp = broker.amqp_url();
+    let bridge = publisher(
+        &amqp,
+        &queue,
+        &[
+            "--publish-timeout",
+            "1s",
+            "--heartbeat",
+            "2s",
+            "--connect-timeout",
+            "2s",
+            "--reconnect-max-backoff",
+            "1s",
+        ],
+    )
+    .await?;
+    let (answers, reason, _) = frozen_link(
+        "paused broker",
+        &bridge,
+        async || broker.pause(),
+        async || broker.resume(),
+    )
+    .await?;
+    let inspector = Inspector::connect_to(&amqp).await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    tally.report(
+        "paused broker (SIGSTOP)",
+        &format!(
+            "; answers {:?}; slowest {:?}; not ready: {reason}",
+            answers.codes(),
+            answers.slowest
+        ),
+    );
+    tally.assert_honest();
+    assert!(
+        answers.ids(503).len() + answers.ids(504).len() >= 1,
+        "{:?}",
+        answers.codes()
+    );
+    // No request waited longer than the confirm timeout and a margin.
+    assert!(
+        answers.slowest < Duration::from_secs(3),
+        "{:?}",
+        answers.slowest
+    );
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+/// A loopback TCP proxy that can blackhole its link: bytes stop flowing both
+/// ways, and the sockets stay open, as when a network path silently dies.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    dropping: Arc<AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start(upstream: std::net::SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let dropping = Arc::new(AtomicBool::new(false));
+        let flag = dropping.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, flag.clone()));
+                tokio::spawn(pump(sr, cw, flag.clone()));
+            }
+        });
+        Ok(Self { addr, dropping })
+    }
+
+    fn set(&self, dropping: bool) {
+        self.dropping.store(dropping, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    dropping: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        // A link that went dark swallows what crosses it, for good.
+        if dropping.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_link_is_noticed_by_heartbeat_no_false_503_and_recovers() -> Result<()> {
+    let broker = PrivateBroker::start("stress-hole").await?;
+    let queue = unique_queue("stress-hole");
+    let direct = broker.amqp_url();
+    let port: u16 = direct
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .context("the broker's port")?;
+    let hole = Blackhole::start(([127, 0, 0, 1], port).into()).await?;
+    let amqp = format!("amqp://guest:guest@{}/%2f", hole.addr);
+    let bridge = publisher(
+        &amqp,
+        &queue,
+        &[
+            "--publish-timeout",
+            "1s",
+            "--heartbeat",
+            "2s",
+            "--connect-timeout",
+            "2s",
+            "--reconnect-max-backoff",
+            "1s",
+        ],
+    )
+    .await?;
+    let (answers, reason, noticed) = frozen_link(
+        "blackholed link",
+        &bridge,
+        async || {
+            hole.set(true);
+            Ok(())
+        },
+        async || {
+            hole.set(false);
+            Ok(())
+        },
+    )
+    .await?;
+    let inspector = Inspector::connect_to(&direct).await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    tally.report(
+        "blackholed link",
+        &format!(
+            "; answers {:?}; slowest {:?}; not ready: {reason}; noticed after {noticed:?}",
+            answers.codes(),
+            answers.slowest
+        ),
+    );
+    tally.assert_honest();
+    assert!(
+        answers.slowest < Duration::from_secs(3),
+        "{:?}",
+        answers.slowest
+    );
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bridge_producer_answers_503_promptly_and_the_job_is_never_queued() -> Result<()> {
+    let queue = unique_queue("stress-stall");
+    let bridge = publisher(&amqp_url(), &queue, &["--publish-timeout", "1s"]).await?;
+    let producer = wasm::serve(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", "off"),
+            ("BRIDGE_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await?;
+    bridge.sigstop()?;
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(producer.url("/generate"))
+        .header("idempotency-key", "stalled-1")
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await?;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    let body: job::ErrorBody = response.json().await?;
+    bridge.sigcont()?;
+    bridge.wait_ready().await;
+    // Once thawed, the bridge finds the stale request (already in its socket
+    // buffer, ahead of any new one) past its deadline and refuses it, or
+    // drops it with its closed connection. A fresh job then goes through.
+    let fresh = reqwest::Client::new()
+        .get(producer.url("/generate"))
+        .header("idempotency-key", "fresh-1")
+        .send()
+        .await?;
+    assert_eq!(fresh.status(), 202);
+    let inspector = Inspector::connect().await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let refused_late = bridge
+        .metric(
+            "host_bridge_publish_refusals_total",
+            &[("reason", "deadline_exceeded")],
+        )
+        .await;
+    println!(
+        "stalled bridge: answered {status} {} after {took:?}; queued after the thaw: {queued:?}; \
+         false 503s {}; stale request refused by deadline {refused_late}",
+        body.error,
+        queued.iter().filter(|id| *id == "stalled-1").count()
+    );
+    assert_eq!((status, body.error.as_str()), (503, "bridge_unavailable"));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(queued, ["fresh-1"]);
+    producer.shutdown().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_with_a_backlog_nothing_is_dead_lettered_all_done_after_it_returns()
+-> Result<()> {
+    let queue = unique_queue("stress-worker");
+    let worker = wasm::serve("worker", &[("WORK_DURATION_MS", "100")]).await?;
+    let addr = worker.addr;
+    let url = worker.url("/work");
+    let bridge = RunningBridge::start_ready(&[
+        "--queue",
+        &queue,
+        "--worker-url",
+        &url,
+        "--delivery-limit",
+        "2",
+        "--push-max-backoff",
+        "500ms",
+    ])
+    .await?;
+    let publish = bridge.publish_url("/v1/publish");
+    let post = |id: &str| e2e::rig::publish_to(&publish, job(id, json!(null)));
+    assert_eq!(post("warm").await?.status(), 202);
+    let acked = [("queue", queue.as_str()), ("outcome", "acked")];
+    bridge
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &acked,
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
+
+    // The worker dies (its open connections too); a backlog builds up.
+    worker.kill();
+    let backlog = 5;
+    for n in 0..backlog {
+        assert_eq!(post(&format!("backlog-{n}")).await?.status(), 202);
+    }
+    let (status, body) =
+        e2e::eventually("/readyz to turn false", Duration::from_secs(20), || async {
+            let (status, body) = bridge.admin("/readyz").await.ok()?;
+            (status == 503).then_some((status, body))
+        })
+        .await;
+    // Held and retried in place, more times than the delivery limit allows
+    // deliveries: none of it may cost the job a delivery.
+    bridge
+        .wait_metric(
+            "host_bridge_push_retries_total",
+            &[("reason", "unavailable")],
+            4.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(bridge.metric("host_bridge_worker_up", &[]).await, 0.0);
+    let inspector = Inspector::connect().await?;
+    let waiting = inspector.ready(&queue).await?;
+
+    let worker = wasm::serve_at("worker", &[("WORK_DURATION_MS", "100")], addr).await?;
+    bridge
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &acked,
+            1.0 + backlog as f64,
+            Duration::from_secs(30),
+        )
+        .await;
+    bridge.wait_ready().await;
+    let dead = inspector.ready(&format!("{queue}.dead")).await?;
+    let requeued = bridge
+        .metric(
+            "host_bridge_jobs_total",
+            &[("queue", queue.as_str()), ("outcome", "requeued")],
+        )
+        .await;
+    let dead_lettered = bridge
+        .metric(
+            "host_bridge_jobs_total",
+            &[("queue", queue.as_str()), ("outcome", "dead_lettered")],
+        )
+        .await;
+    println!(
+        "worker killed with a backlog: accepted {}, processed {}, lost 0, dead-lettered {dead}, \
+         requeued {requeued}; while it was gone: /readyz {status} {body}, {waiting} ready in the queue",
+        backlog + 1,
+        bridge.metric("host_bridge_jobs_total", &acked).await,
+    );
+    assert_eq!((dead, requeued, dead_lettered), (0, 0.0, 0.0));
+    assert!(body.contains("worker"), "{body}");
+    assert_eq!(bridge.metric("host_bridge_worker_up", &[]).await, 1.0);
+    assert_eq!(inspector.ready(&queue).await?, 0);
+    drop(worker);
+    bridge.stop().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+/// A worker whose first answer is a status line and a body cut short; it
+/// answers properly after that. Counts the connections it took.
+async fn cut_short_worker() -> Result<(String, Arc<std::sync::atomic::AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/work", listener.local_addr()?);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // Read the request head and its body (Content-Length).
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(read) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let answer: &[u8] = if n == 0 {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabcdef"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                };
+                let _ = stream.write_all(answer).await;
+                // Then the connection closes: the first answer is 94 bytes short.
+            });
+        }
+    });
+    Ok((url, connections))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_answer_cut_short_is_not_acked() -> Result<()> {
+    let queue = unique_queue("stress-partial");
+    let (url, connections) = cut_short_worker().await?;
+    let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
+    let response = e2e::rig::publish_to(
+        &bridge.publish_url("/v1/publish"),
+        job("partial", json!(null)),
+    )
+    .await?;
+    assert_eq!(response.status(), 202);
+    let acked = [("queue", queue.as_str()), ("outcome", "acked")];
+    bridge
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &acked,
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    let broken = bridge
+        .metric(
+            "host_bridge_worker_push_duration_seconds_count",
+            &[("result", "broken")],
+        )
+        .await;
+    let pushes = connections.load(Ordering::SeqCst);
+    println!(
+        "partial answer: accepted 1, processed 1, lost 0; pushes {pushes}, cut short {broken}"
+    );
+    // The cut-off answer was not taken for a success: the job was pushed again.
+    assert_eq!((pushes, broken), (2, 1.0));
+    assert_eq!(
+        bridge
+            .metric("host_bridge_push_retries_total", &[("reason", "failed")])
+            .await,
+        1.0
+    );
+    let inspector = Inspector::connect().await?;
+    assert_eq!(inspector.ready(&queue).await?, 0);
+    bridge.stop().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_message_ids_are_dead_lettered_with_a_reason_and_never_pushed() -> Result<()> {
+    let mut rig = Rig::start("stress-hostile", &[]).await?;
+    let hostile = "raw\nctrl\x1b[31mRED";
+    let cases: [(&str, Option<&str>, String); 4] = [
+        // The body's id carries the control characters too.
+        (
+            "invalid_job",
+            Some(hostile),
+            json!({"id": hostile, "created_at": "x"}).to_string(),
+        ),
+        // A clean body under a hostile message-id.
+        ("id_mismatch", Some(hostile), job("clean-body", json!(null))),
+        ("invalid_job", None, "not json".to_owned()),
+        ("ok", Some("fine-1"), job("fine-1", json!(null))),
+    ];
+    for (_, message_id, body) in &cases {
+        let mut properties = BasicProperties::default();
+        if let Some(id) = message_id {
+            properties = properties.with_message_id((*id).into());
+        }
+        rig.inspector
+            .channel
+            .basic_publish(
+                "".into(),
+                rig.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await?
+            .await?;
+    }
+    rig.wait_jobs("acked", 1.0, Duration::from_secs(20)).await;
+    rig.bridge
+        .wait_metric(
+            "host_bridge_malformed_jobs_total",
+            &[],
+            3.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    let pushed = rig.worker.next_push(Duration::from_secs(5)).await;
+    assert_eq!(pushed.id, "fine-1");
+    assert!(
+        rig.worker.pushes.try_recv().is_err(),
+        "a malformed job reached the worker"
+    );
+    let dead_queue = format!("{}.dead", rig.queue);
+    let dead = e2e::eventually("3 dead-lettered", Duration::from_secs(10), || async {
+        let n = rig.inspector.ready(&dead_queue).await.ok()?;
+        (n >= 3).then_some(n)
+    })
+    .await;
+    let invalid = rig
+        .bridge
+        .metric(
+            "host_bridge_malformed_jobs_total",
+            &[("reason", "invalid_job")],
+        )
+        .await;
+    let mismatch = rig
+        .bridge
+        .metric(
+            "host_bridge_malformed_jobs_total",
+            &[("reason", "id_mismatch")],
+        )
+        .await;
+    println!(
+        "hostile ids: published 4, processed 1, dead-lettered {dead} (invalid_job {invalid}, id_mismatch {mismatch}), lost 0"
+    );
+    assert_eq!((dead, invalid, mismatch), (3, 2.0, 1.0));
+    rig.finish().await
+}
+
+/// Sends `head` then trickles one byte per `every`, until the server closes
+/// the connection or `limit` passes. Returns what the server sent back and
+/// how long the connection lived.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    head: Vec<u8>,
+    every: Duration,
+    limit: Duration,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return (Vec::new(), started.elapsed());
+    };
+    let _ = stream.write_all(&head).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < limit {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(every) => {
+                if stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    (answer, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
+    let queue = unique_queue("stress-slow");
+    let bridge = RunningBridge::start_ready(&[
+        "--roles",
+        "publish",
+        "--queue",
+        &queue,
+        "--header-read-timeout",
+        "1s",
+        "--body-read-timeout",
+        "1s",
+        "--max-connections",
+        "64",
+    ])
+    .await?;
+    let publish = bridge.publish_addr.context("publish role")?;
+    let admin = bridge.admin_addr;
+    let limit = Duration::from_secs(15);
+    let every = Duration::from_millis(200);
+    // 200 slowloris connections on each listener, headers never finished.
+    let mut slow = Vec::new();
+    for addr in [publish, admin] {
+        for _ in 0..200 {
+            slow.push(tokio::spawn(trickle(
+                addr,
+                b"POST /v1/publish HTTP/1.1\r\nx-slow: ".to_vec(),
+                every,
+                limit,
+            )));
+        }
+    }
+    // A body that declares 60,000 bytes and stalls after 1,000.
+    let mut head = b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b' ', 1000));
+    let stalled_body = tokio::spawn(trickle(publish, head, Duration::from_secs(60), limit));
+    // Meanwhile an honest client is served.
+    let honest = e2e::eventually(
+        "an honest publish among slow clients",
+        Duration::from_secs(10),
+        || async {
+            let r = e2e::rig::publish_to(
+                &bridge.publish_url("/v1/publish"),
+                job("honest", json!(null)),
+            )
+            .await
+            .ok()?;
+            (r.status() == 202).then_some(())
+        },
+    );
+    honest.await;
+    let mut longest = Duration::ZERO;
+    for task in slow {
+        let (_, lived) = task.await?;
+        longest = longest.max(lived);
+    }
+    let (answer, lived) = stalled_body.await?;
+    let answer = String::from_utf8_lossy(&answer);
+    println!(
+        "slowloris: 400 connections at 1 byte / 200 ms, longest lived {longest:?}; \
+         stalled body answered after {lived:?}: {}",
+        answer.lines().next().unwrap_or("(nothing)")
+    );
+    assert!(
+        longest < limit,
+        "a slow client held a connection for {longest:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+
+    // Errors that the HTTP stack, not a route, produces are JSON too.
+    let client = reqwest::Client::new();
+    let wrong_method = client
+        .post(format!("http://{admin}/metrics"))
+        .send()
+        .await?;
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(
+        wrong_method.json::<job::ErrorBody>().await?.error,
+        "method_not_allowed"
+    );
+    let big_headers = client
+        .get(format!("http://{admin}/readyz"))
+        .header("x-big", "a".repeat(16 * 1024))
+        .send()
+        .await?;
+    assert_eq!(big_headers.status(), 431);
+    assert_eq!(
+        big_headers.json::<job::ErrorBody>().await?.error,
+        "headers_too_large"
+    );
+    bridge.stop().await;
+    Inspector::connect().await?.delete_topology(&queue).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false_503() -> Result<()>
+{
+    let queue = unique_queue("stress-overload");
+    let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
+    let producer = wasm::serve(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", "off"),
+        ],
+    )
+    .await?;
+    let url = producer.url("/generate");
+    let mut clients = Vec::new();
+    let gate = Arc::new(tokio::sync::Barrier::new(2_000));
+    for n in 0..2_000 {
+        let (url, gate) = (url.clone(), gate.clone());
+        clients.push(tokio::spawn(async move {
+            let id = format!("over-{n}");
+            let http = reqwest::Client::new();
+            gate.wait().await;
+            let response = http
+                .get(&url)
+                .header("idempotency-key", &id)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{id}: no answer: {e}"));
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body: serde_json::Value = response
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {status} not JSON: {e}"));
+            assert!(
+                status == 202 || retry_after,
+                "{id}: {status} without Retry-After"
+            );
+            (
+                id,
+                (status, body["error"].as_str().unwrap_or("").to_owned()),
+            )
+        }));
+    }
+    let mut answers = Answers::default();
+    for client in clients {
+        let (id, answer) = client.await?;
+        answers.by_id.insert(id, answer);
+    }
+    let peak = bridge.peak_rss()?;
+    let inspector = Inspector::connect().await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    tally.report(
+        "overload (2,000 at once)",
+        &format!(
+            "; answers {:?}; bridge peak RSS {:.1} MiB",
+            answers.codes(),
+            peak as f64 / 1048576.0
+        ),
+    );
+    tally.assert_honest();
+    assert!(
+        answers
+            .by_id
+            .values()
+            .all(|(s, _)| matches!(s, 202 | 503 | 504)),
+        "{:?}",
+        answers.codes()
+    );
+    // The cap was reached, and refused promptly rather than queued up.
+    assert!(
+        answers.codes().contains_key("503 overloaded"),
+        "{:?}",
+        answers.codes()
+    );
+    producer.shutdown().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
