@@ -53,12 +53,17 @@ else
   echo "up: wasmtime serve: producer on $HTTP_ADDR, worker on $WORKER_ADDR (spin is not on PATH)"
   # The same environment spin.toml gives the components. -Scli provides
   # the wasi:cli imports (environment, stderr) that plain proxies lack.
-  setsid "$WASMTIME" serve -Scli --addr "$HTTP_ADDR" \
+  # -O pooling-allocator=n: the pooling allocator's fixed 1,000 instances
+  # turn overload into the runtime's own text/html 500s. On demand, overload
+  # becomes latency, and the bridge's in-flight cap (MAX_PUBLISHES_IN_FLIGHT)
+  # answers 503 JSON with Retry-After.
+  setsid "$WASMTIME" serve -Scli -O pooling-allocator=n --addr "$HTTP_ADDR" \
     --env BRIDGE_PUBLISH_URL=http://127.0.0.1:9091/v1/publish \
     --env BRIDGE_OBSERVE_URL=http://127.0.0.1:9091/v1/observe \
+    --env BRIDGE_TIMEOUT_MS=7000 \
     "$WASM_DIR/producer.wasm" &
   pids+=($!)
-  setsid "$WASMTIME" serve -Scli --addr "$WORKER_ADDR" \
+  setsid "$WASMTIME" serve -Scli -O pooling-allocator=n --addr "$WORKER_ADDR" \
     --env WORK_DURATION_MS="$WORK_DURATION_MS" \
     "$WASM_DIR/worker.wasm" &
   pids+=($!)

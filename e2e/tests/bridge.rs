@@ -42,7 +42,7 @@ async fn publish_api_accepts_chunked_bodies_and_bounds_them() -> Result<()> {
     assert_eq!(response.json::<Value>().await?["id"], "chunked-1");
 
     // Over the limit, streamed: refused without a Content-Length to go by.
-    let big = vec![b' '; job::MAX_BODY_BYTES / 4];
+    let big = vec![b' '; job::MAX_JOB_BYTES / 4];
     let response = client
         .post(&url)
         .header("content-type", "application/json")
@@ -166,7 +166,13 @@ async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Resu
     ];
     assert_eq!(pushes, expected.map(|(id, n, s)| (id.to_owned(), n, s)));
     rig.wait_jobs("acked", 2.0, Duration::from_secs(10)).await;
-    assert_eq!(rig.jobs("requeued").await, 1.0);
+    // The 500 was retried in place: no delivery spent, nothing requeued.
+    assert_eq!(rig.jobs("requeued").await, 0.0);
+    let retried = rig
+        .bridge
+        .metric("host_bridge_push_retries_total", &[("reason", "failed")])
+        .await;
+    assert_eq!(retried, 1.0);
     assert_eq!(rig.jobs("dead_lettered").await, 1.0);
 
     // The poison job is in the dead-letter queue, once, and nothing is left.

@@ -127,7 +127,9 @@ impl PublishError {
     }
 }
 
-/// What became of a message handed to lapin.
+/// What became of a message handed to lapin. One lives per publish, briefly:
+/// its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Verdict {
     /// lapin refused it before sending (closed channel or connection).
     NotSent(lapin::Error),
