@@ -339,6 +339,19 @@ fn paced_load(
     })
 }
 
+/// Bridge flags for link faults: a short confirm wait, and a dead link
+/// noticed (two 2 s heartbeats) and retried within seconds.
+const QUICK_TO_NOTICE: [&str; 8] = [
+    "--publish-timeout",
+    "1s",
+    "--heartbeat",
+    "2s",
+    "--connect-timeout",
+    "2s",
+    "--reconnect-max-backoff",
+    "1s",
+];
+
 /// A fault that freezes the AMQP link (`freeze`) and later ends (`thaw`),
 /// under paced load. Returns the answers and the not-ready reason.
 async fn frozen_link(
@@ -393,21 +406,7 @@ async fn paused_broker_no_false_503_not_ready_and_reconnects() -> Result<()> {
     let broker = PrivateBroker::start("stress-pause").await?;
     let queue = unique_queue("stress-pause");
     let amqp = broker.amqp_url();
-    let bridge = publisher(
-        &amqp,
-        &queue,
-        &[
-            "--publish-timeout",
-            "1s",
-            "--heartbeat",
-            "2s",
-            "--connect-timeout",
-            "2s",
-            "--reconnect-max-backoff",
-            "1s",
-        ],
-    )
-    .await?;
+    let bridge = publisher(&amqp, &queue, &QUICK_TO_NOTICE).await?;
     let (answers, reason, _) = frozen_link(
         "paused broker",
         &bridge,
@@ -507,21 +506,7 @@ async fn blackholed_link_is_noticed_by_heartbeat_no_false_503_and_recovers() -> 
         .context("the broker's port")?;
     let hole = Blackhole::start(([127, 0, 0, 1], port).into()).await?;
     let amqp = format!("amqp://guest:guest@{}/%2f", hole.addr);
-    let bridge = publisher(
-        &amqp,
-        &queue,
-        &[
-            "--publish-timeout",
-            "1s",
-            "--heartbeat",
-            "2s",
-            "--connect-timeout",
-            "2s",
-            "--reconnect-max-backoff",
-            "1s",
-        ],
-    )
-    .await?;
+    let bridge = publisher(&amqp, &queue, &QUICK_TO_NOTICE).await?;
     let (answers, reason, noticed) = frozen_link(
         "blackholed link",
         &bridge,
