@@ -47,6 +47,11 @@ impl Readiness {
         }
     }
 
+    /// The broker (`host:port`) the current connection is on, if any.
+    pub fn broker(&self) -> Option<String> {
+        self.sessions.borrow().as_ref().map(|s| s.endpoint.clone())
+    }
+
     /// `Ok` when ready, else why not.
     pub fn check(&self) -> Result<(), &'static str> {
         // A stopping bridge takes no new work; say so before the checks below.
@@ -94,12 +99,18 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// `{"ready", "broker"}`, plus `"reason"` when not ready. `broker` names
+/// the node the connection is on (null while disconnected), so that an
+/// operator sees how the bridges spread over a cluster.
 async fn readyz(State(state): State<AdminState>) -> Response {
+    let broker = state.readiness.broker();
     match state.readiness.check() {
-        Ok(()) => axum::Json(serde_json::json!({ "ready": true })).into_response(),
+        Ok(()) => {
+            axum::Json(serde_json::json!({ "ready": true, "broker": broker })).into_response()
+        }
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
+            axum::Json(serde_json::json!({ "ready": false, "reason": reason, "broker": broker })),
         )
             .into_response(),
     }

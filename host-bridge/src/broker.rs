@@ -1,27 +1,33 @@
 //! The AMQP connection's lifecycle: connect, declare the topology, watch for
 //! loss, and reconnect with capped exponential backoff and jitter.
 //!
+//! With several brokers configured (the nodes of one cluster), a lost or
+//! refused connection moves to the next node at once; the backoff applies
+//! only once every node has failed in a row. Any node will do: RabbitMQ
+//! routes to a quorum queue's leader wherever it runs, and a publisher
+//! confirm still means a majority of the queue's replicas have the message.
+//!
 //! This module owns the connection and the publisher-confirm channel, and
 //! hands them out as a [`Session`] through a watch channel: `None` while
 //! disconnected. It does not publish or consume; `publish` and `consume` do,
 //! on whatever session is current.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Role};
+use crate::config::{Config, ConfigError, Endpoint, Role};
 use crate::metrics::Metrics;
 
 /// Why talking to the broker failed.
@@ -37,9 +43,6 @@ pub enum BrokerError {
     /// Opening a channel failed.
     #[error("failed to open a channel: {0}")]
     Channel(#[source] lapin::Error),
-    /// The AMQP URL does not parse (`Config::validate` rejects it first).
-    #[error("invalid AMQP URL: {0}")]
-    Url(String),
     /// The connection attempt did not finish in time: a paused or
     /// blackholed broker accepts TCP and then says nothing.
     #[error("no answer from the broker within {0:?}")]
@@ -49,10 +52,20 @@ pub enum BrokerError {
 /// An open connection and the channels the bridge shares on it.
 #[derive(Debug)]
 pub struct Session {
+    /// The broker it is on, as `host:port`.
+    pub endpoint: String,
     /// The connection.
     pub connection: Connection,
     /// The confirm-mode channel the publish API uses, when that role is on.
     pub publisher: Option<Channel>,
+    /// Publishes sent on this connection whose caller got `504` and whose
+    /// verdict is still to come. While any are, the link counts as stalled
+    /// and new publishes are refused (see `publish`). It belongs to the
+    /// connection: a new one starts unstalled, whatever the old one left.
+    pub overdue: AtomicUsize,
+    /// Since when every verdict on this connection has been a nack, if the
+    /// last one was.
+    nacked_since: Mutex<Option<Instant>>,
 }
 
 impl Session {
@@ -61,6 +74,22 @@ impl Session {
     /// so a publish now would only wait.
     pub fn blocked(&self) -> bool {
         self.connection.status().blocked()
+    }
+
+    /// Records a publish's verdict: acked, or nacked by the broker.
+    pub fn record_verdict(&self, acked: bool) {
+        let mut since = self.nacked_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (acked, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// How long every verdict on this connection has been a nack.
+    pub fn nacked_for(&self) -> Option<Duration> {
+        let since = self.nacked_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map(|t| t.elapsed())
     }
 
     /// Whether the connection (and the publisher channel, if any) is usable.
@@ -89,6 +118,8 @@ pub struct Topology {
     pub delivery_limit: u32,
     /// `x-max-length`, if any.
     pub max_length: Option<u32>,
+    /// `x-quorum-initial-group-size`, if any: replicas of both queues.
+    pub quorum_initial_group_size: Option<u32>,
 }
 
 impl Topology {
@@ -100,16 +131,29 @@ impl Topology {
             dead_letter_queue: config.dead_letter_queue(),
             delivery_limit: config.delivery_limit,
             max_length: config.max_length,
+            quorum_initial_group_size: config.quorum_initial_group_size,
         }
+    }
+
+    /// The arguments both queues share: quorum type and replica count.
+    fn quorum_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Quorum queues replicate, survive broker restarts, and count
+        // deliveries, which is what bounds retries of a failing job.
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        if let Some(size) = self.quorum_initial_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongLongInt(size.into()),
+            );
+        }
+        args
     }
 
     /// The work queue's arguments. Declaring twice with the same arguments is
     /// a no-op, so every bridge declares at every (re)connect.
     pub fn queue_arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        // Quorum queues replicate, survive broker restarts, and count
-        // deliveries, which is what bounds retries of a failing job.
-        args.insert("x-queue-type".into(), long_string("quorum"));
+        let mut args = self.quorum_arguments();
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(self.delivery_limit.into()),
@@ -145,13 +189,11 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut dead_args = FieldTable::default();
-        dead_args.insert("x-queue-type".into(), long_string("quorum"));
         channel
             .queue_declare(
                 self.dead_letter_queue.as_str().into(),
                 QueueDeclareOptions::durable(),
-                dead_args,
+                self.quorum_arguments(),
             )
             .await?;
         channel
@@ -217,11 +259,12 @@ impl Backoff {
 /// Owns the connection: keeps one open while the bridge runs, and publishes
 /// it through [`SessionWatch`].
 pub struct Broker {
-    amqp_url: String,
+    endpoints: Vec<Endpoint>,
     heartbeat: Duration,
     connect_timeout: Duration,
     topology: Topology,
     with_publisher: bool,
+    nack_limit: Option<Duration>,
     max_backoff: Duration,
     metrics: Metrics,
     sessions: watch::Sender<Option<Arc<Session>>>,
@@ -229,17 +272,37 @@ pub struct Broker {
 
 impl Broker {
     /// A broker for this config. Nothing connects until [`Broker::run`].
-    pub fn new(config: &Config, metrics: Metrics) -> Self {
-        Self {
-            amqp_url: config.amqp_url.clone(),
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Self, ConfigError> {
+        let endpoints = config.endpoints().map_err(|reason| ConfigError {
+            setting: "--amqp-url",
+            reason,
+        })?;
+        // Every configured broker is a series from the start, at 0 until
+        // connected: a dashboard sees the whole set.
+        for endpoint in &endpoints {
+            metrics
+                .broker_connected
+                .with_label_values(&[endpoint.label.as_str()])
+                .set(0);
+        }
+        Ok(Self {
+            endpoints,
             heartbeat: config.heartbeat,
             connect_timeout: config.connect_timeout,
             topology: Topology::from_config(config),
             with_publisher: config.has(Role::Publish),
+            // With no length cap a nack can't mean "full". A connection
+            // that gets nothing but nacks for a whole confirm timeout can't
+            // reach the queue: seen on RabbitMQ 3.10 when a quorum queue's
+            // leader was killed, a channel opened during the election
+            // nacked every publish for good while the new leader served
+            // others. Another connection (to another node) recovers.
+            nack_limit: (config.has(Role::Publish) && config.max_length.is_none())
+                .then_some(config.publish_timeout),
             max_backoff: config.reconnect_max_backoff,
             metrics,
             sessions: watch::Sender::new(None),
-        }
+        })
     }
 
     /// A receiver of the current session.
@@ -255,39 +318,60 @@ impl Broker {
     pub async fn run(self, close: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
         let mut connected_before = false;
+        // Start at a random node, so that the bridges of a deployment spread
+        // over the cluster rather than all landing on the first URL.
+        let mut next = rand::rng().random_range(0..self.endpoints.len());
+        let mut failures_in_a_row = 0;
         loop {
+            let current = next % self.endpoints.len();
+            let endpoint = &self.endpoints[current];
+            next = current + 1;
             let attempt = tokio::select! {
                 () = close.cancelled() => break,
-                attempt = self.connect() => attempt,
+                attempt = self.connect(endpoint) => attempt,
             };
             let session = match attempt {
                 Ok(session) => Arc::new(session),
                 Err(e) => {
+                    failures_in_a_row += 1;
+                    // Another node may be up: try it at once. Wait only once
+                    // every node has failed since the last success.
+                    if failures_in_a_row % self.endpoints.len() != 0 {
+                        warn!(broker = %endpoint.label, error = %e, "broker unavailable; trying the next");
+                        continue;
+                    }
                     let delay = backoff.next_delay();
-                    warn!(error = %e, ?delay, "broker unavailable; retrying");
+                    warn!(broker = %endpoint.label, error = %e, ?delay, "broker unavailable; retrying");
                     tokio::select! {
                         () = close.cancelled() => break,
                         () = tokio::time::sleep(delay) => continue,
                     }
                 }
             };
+            failures_in_a_row = 0;
             backoff.reset();
             if connected_before {
                 self.metrics.reconnects.inc();
             }
             connected_before = true;
+            let connected = self
+                .metrics
+                .broker_connected
+                .with_label_values(&[endpoint.label.as_str()]);
             self.metrics.broker_up.set(1);
-            info!(queue = %self.topology.queue, "connected to the broker");
+            connected.set(1);
+            info!(queue = %self.topology.queue, broker = %endpoint.label, "connected to the broker");
             let events = session.connection.events_listener();
             self.sessions.send_replace(Some(session.clone()));
 
             let lost = tokio::select! {
                 () = close.cancelled() => false,
-                () = wait_for_loss(&session, events) => true,
+                () = wait_for_loss(&session, events, self.nack_limit) => true,
             };
             // Withdraw the session first, so that no new work starts on it.
             self.sessions.send_replace(None);
             self.metrics.broker_up.set(0);
+            connected.set(0);
             if !lost {
                 if let Err(e) = session.connection.close(200, "shutdown".into()).await {
                     debug!(error = %e, "closing the connection");
@@ -295,7 +379,16 @@ impl Broker {
                 info!("connection closed");
                 break;
             }
-            warn!("lost the broker connection; reconnecting");
+            // The next attempt goes to another node, picked at random: the
+            // one that dropped us is the likeliest to be down, and a random
+            // pick keeps the bridges spread out (stepping to the next in
+            // order would pile them all onto one node over a rolling
+            // restart).
+            let others = self.endpoints.len() - 1;
+            if others > 0 {
+                next = current + 1 + rand::rng().random_range(0..others);
+            }
+            warn!(broker = %endpoint.label, "lost the broker connection; reconnecting");
             // Close what is left of the old connection, so that its socket
             // and channels don't linger.
             let _ = session.connection.close(320, "reconnecting".into()).await;
@@ -303,21 +396,20 @@ impl Broker {
         self.sessions.send_replace(None);
     }
 
-    /// Opens a connection, declares the topology and opens the publisher
-    /// channel.
-    async fn connect(&self) -> Result<Session, BrokerError> {
-        tokio::time::timeout(self.connect_timeout, self.open())
+    /// Opens a connection to `endpoint`, declares the topology and opens the
+    /// publisher channel.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Session, BrokerError> {
+        tokio::time::timeout(self.connect_timeout, self.open(endpoint))
             .await
             .unwrap_or(Err(BrokerError::ConnectTimeout(self.connect_timeout)))
     }
 
-    async fn open(&self) -> Result<Session, BrokerError> {
+    async fn open(&self, endpoint: &Endpoint) -> Result<Session, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("host-bridge:{}", self.topology.queue).into());
-        // `validate` checked the URL; the heartbeat goes into it because
-        // lapin takes it only from there. The broker picks the lower of its
-        // own and ours.
-        let mut uri: AMQPUri = self.amqp_url.parse().map_err(BrokerError::Url)?;
+        // The heartbeat goes into the URI because lapin takes it only from
+        // there. The broker picks the lower of its own and ours.
+        let mut uri = endpoint.uri.clone();
         uri.query.heartbeat = Some(u16::try_from(self.heartbeat.as_secs()).unwrap_or(u16::MAX));
         let connection = Connection::connect_uri(uri, properties)
             .await
@@ -341,15 +433,23 @@ impl Broker {
             None
         };
         Ok(Session {
+            endpoint: endpoint.label.clone(),
             connection,
             publisher,
+            overdue: AtomicUsize::new(0),
+            nacked_since: Mutex::new(None),
         })
     }
 }
 
 /// Returns once the session is no longer usable: an error event from the
-/// connection, or (checked every second) a closed connection or channel.
-async fn wait_for_loss(session: &Session, events: impl futures::Stream<Item = Event>) {
+/// connection, or (checked every second) a closed connection or channel, or
+/// nothing but nacks for `nack_limit`.
+async fn wait_for_loss(
+    session: &Session,
+    events: impl futures::Stream<Item = Event>,
+    nack_limit: Option<Duration>,
+) {
     let mut events = std::pin::pin!(events);
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -364,6 +464,12 @@ async fn wait_for_loss(session: &Session, events: impl futures::Stream<Item = Ev
             },
             _ = check.tick() => {
                 if !session.usable() {
+                    return;
+                }
+                if let (Some(limit), Some(nacked)) = (nack_limit, session.nacked_for())
+                    && nacked >= limit
+                {
+                    warn!(broker = %session.endpoint, ?nacked, "every publish nacked; moving to another node");
                     return;
                 }
             }
@@ -472,6 +578,7 @@ mod tests {
             dead_letter_queue: "q.dead".into(),
             delivery_limit: 3,
             max_length: Some(10),
+            quorum_initial_group_size: Some(3),
         };
         let args = topology.queue_arguments();
         let get = |k: &str| args.inner().get(k).cloned();
@@ -479,5 +586,19 @@ mod tests {
         assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
         assert_eq!(get("x-overflow"), Some(long_string("reject-publish")));
         assert_eq!(get("x-dead-letter-exchange"), Some(long_string("q.dlx")));
+        assert_eq!(
+            get("x-quorum-initial-group-size"),
+            Some(AMQPValue::LongLongInt(3))
+        );
+        // The dead-letter queue is replicated as widely as the work queue.
+        let dead = topology.quorum_arguments();
+        assert_eq!(
+            dead.inner().get("x-quorum-initial-group-size"),
+            Some(&AMQPValue::LongLongInt(3))
+        );
+        assert_eq!(
+            dead.inner().get("x-queue-type"),
+            Some(&long_string("quorum"))
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use lapin::uri::AMQPUri;
 
 /// What one bridge process does. One process may do both, which is how
 /// `make up` runs it locally; in Kubernetes each pod enables one.
@@ -33,15 +34,29 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "host-bridge", version, about)]
 pub struct Config {
-    /// AMQP URL of the broker (credentials may come from a Secret). The
-    /// default is RabbitMQ's local-development account.
+    /// AMQP URLs of the brokers, comma-separated: the nodes of one cluster.
+    /// The bridge connects to one of them (picked at random, so that many
+    /// bridges spread over the nodes) and moves to the next whenever a
+    /// connection is lost or refused. The default is RabbitMQ's
+    /// local-development account. A comma inside a URL must be written `%2C`.
     #[arg(
-        long,
+        long = "amqp-url",
         env = "AMQP_URL",
+        value_delimiter = ',',
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_urls: Vec<String>,
+
+    /// The AMQP user, overriding the URLs' own: for credentials kept in a
+    /// Secret apart from the addresses (e.g. the RabbitMQ Cluster Operator's
+    /// `<cluster>-default-user`), with no URL-encoding to get wrong.
+    #[arg(long, env = "AMQP_USERNAME", hide_env_values = true)]
+    pub amqp_username: Option<String>,
+
+    /// The AMQP password, overriding the URLs' own (see `--amqp-username`).
+    #[arg(long, env = "AMQP_PASSWORD", hide_env_values = true)]
+    pub amqp_password: Option<String>,
 
     /// The roles to run, comma-separated.
     #[arg(
@@ -61,6 +76,14 @@ pub struct Config {
     /// it (the quorum queue's `x-delivery-limit`).
     #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
+
+    /// Replicas of the work queue and the dead-letter queue, on declaring
+    /// them (`x-quorum-initial-group-size`); unset, the broker's default
+    /// (every cluster node, on RabbitMQ 3.x). A queue declared while fewer
+    /// nodes are up gets fewer members, and RabbitMQ 3.x does not add the
+    /// rest by itself (`rabbitmq-queues grow`).
+    #[arg(long, env = "QUORUM_INITIAL_GROUP_SIZE")]
+    pub quorum_initial_group_size: Option<u32>,
 
     /// Optional cap on ready messages (`x-max-length`). When full, publishes
     /// are refused (`x-overflow: reject-publish`) and the producer answers 503.
@@ -164,6 +187,23 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// One broker the bridge may connect to.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Where and how to connect, credentials included.
+    pub uri: AMQPUri,
+    /// `host:port`, without credentials: what logs, metrics and `/readyz`
+    /// show.
+    pub label: String,
+}
+
+impl Endpoint {
+    fn new(uri: AMQPUri) -> Self {
+        let label = format!("{}:{}", uri.authority.host, uri.authority.port);
+        Self { uri, label }
+    }
+}
+
 /// A setting that parsed but can't work. `main` exits 64 (EX_USAGE) on it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {reason}")]
@@ -201,6 +241,34 @@ impl Config {
     /// The dead-letter queue's name.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+
+    /// The brokers to connect to, in the order given, with the credential
+    /// overrides applied. `Err` says what is wrong with the list, without
+    /// echoing it (it may hold a password).
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, String> {
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(self.amqp_urls.len());
+        for (n, url) in self.amqp_urls.iter().enumerate() {
+            let mut uri: AMQPUri = url
+                .trim()
+                .parse()
+                .map_err(|_| format!("URL {} is not an amqp:// or amqps:// URL", n + 1))?;
+            if let Some(username) = &self.amqp_username {
+                uri.authority.userinfo.username.clone_from(username);
+            }
+            if let Some(password) = &self.amqp_password {
+                uri.authority.userinfo.password.clone_from(password);
+            }
+            let endpoint = Endpoint::new(uri);
+            if endpoints.iter().any(|e| e.label == endpoint.label) {
+                return Err(format!("lists {} twice", endpoint.label));
+            }
+            endpoints.push(endpoint);
+        }
+        if endpoints.is_empty() {
+            return Err("must name at least one broker".into());
+        }
+        Ok(endpoints)
     }
 
     /// Checks what clap can't: combinations and ranges.
@@ -241,8 +309,11 @@ impl Config {
         if self.heartbeat < Duration::from_secs(1) || self.heartbeat.as_secs() > u16::MAX.into() {
             return fail("--heartbeat", "must be 1 s to 65535 s");
         }
-        if self.amqp_url.parse::<lapin::uri::AMQPUri>().is_err() {
-            return fail("--amqp-url", "is not an amqp:// or amqps:// URL");
+        if let Err(reason) = self.endpoints() {
+            return fail("--amqp-url", &reason);
+        }
+        if self.quorum_initial_group_size == Some(0) {
+            return fail("--quorum-initial-group-size", "must be at least 1");
         }
         if self.has(Role::Publish)
             && self.publish_addr.port() != 0
@@ -303,6 +374,50 @@ mod tests {
         assert_eq!(config.roles, vec![Role::Consume]);
         assert_eq!(config.job_timeout, Duration::from_millis(1500));
         assert!(Config::try_parse_from(["host-bridge", "--roles", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn several_brokers_parse_and_take_the_credential_overrides() {
+        let config = parse(&[
+            "--amqp-url",
+            "amqp://a:1@n1:5672/%2f, amqp://n2:5673/%2f",
+            "--amqp-username",
+            "user",
+            "--amqp-password",
+            "p@ss:w/rd",
+        ]);
+        config.validate().expect("two brokers are valid");
+        let endpoints = config.endpoints().expect("endpoints");
+        let labels: Vec<_> = endpoints.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, ["n1:5672", "n2:5673"]);
+        for endpoint in &endpoints {
+            assert_eq!(endpoint.uri.authority.userinfo.username, "user");
+            // Taken as is: no URL-encoding of a Secret's value.
+            assert_eq!(endpoint.uri.authority.userinfo.password, "p@ss:w/rd");
+        }
+        // Without overrides each URL keeps its own credentials.
+        let own = parse(&["--amqp-url", "amqp://a:1@n1/%2f,amqp://b:2@n2/%2f"]);
+        let endpoints = own.endpoints().expect("endpoints");
+        assert_eq!(endpoints[1].uri.authority.userinfo.username, "b");
+        assert_eq!(endpoints[0].label, "n1:5672");
+    }
+
+    #[test]
+    fn a_bad_broker_list_is_refused_without_echoing_it() {
+        let err = parse(&["--amqp-url", "amqp://u:secret@n1/%2f,http://u:secret@n2"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "--amqp-url");
+        assert!(err.reason.contains("URL 2"), "{}", err.reason);
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let err = parse(&["--amqp-url", "amqp://n1/%2f,amqp://n1:5672/%2f"])
+            .validate()
+            .unwrap_err();
+        assert!(err.reason.contains("n1:5672 twice"), "{}", err.reason);
+        let err = parse(&["--quorum-initial-group-size", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "--quorum-initial-group-size");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct Bridge {
     publish_listener: Option<TcpListener>,
     admin_listener: TcpListener,
     worker_client: Option<reqwest::Client>,
+    broker: broker::Broker,
 }
 
 impl Bridge {
@@ -79,12 +80,15 @@ impl Bridge {
         } else {
             None
         };
+        let metrics = Metrics::new();
+        let broker = broker::Broker::new(&config, metrics.clone())?;
         Ok(Self {
             config,
-            metrics: Metrics::new(),
+            metrics,
             publish_listener,
             admin_listener,
             worker_client,
+            broker,
         })
     }
 
@@ -115,6 +119,7 @@ impl Bridge {
             publish_listener,
             admin_listener,
             worker_client,
+            broker,
         } = self;
         let limits = api::ServeLimits {
             max_connections: config.max_connections as usize,
@@ -127,7 +132,6 @@ impl Bridge {
         let close = CancellationToken::new();
         let admin_stop = CancellationToken::new();
 
-        let broker = broker::Broker::new(&config, metrics.clone());
         let sessions = broker.sessions();
         let broker_task = tokio::spawn(broker.run(close.clone()));
         let depth_task = tokio::spawn(broker::poll_queue_depth(

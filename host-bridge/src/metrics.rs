@@ -103,6 +103,9 @@ pub struct Metrics {
     pub ack_failures: IntCounterVec,
     /// 1 while an AMQP connection is open.
     pub broker_up: IntGauge,
+    /// 1 for the configured broker (`host:port`) the connection is on now,
+    /// 0 for the others.
+    pub broker_connected: IntGaugeVec,
     /// Connections opened after the first.
     pub reconnects: IntCounter,
     /// Requests the producer component received, by route and method.
@@ -215,6 +218,15 @@ impl Metrics {
             .expect("valid metric"),
             broker_up: IntGauge::new("broker_up", "1 while an AMQP connection is open.")
                 .expect("valid metric"),
+            broker_connected: IntGaugeVec::new(
+                Opts::new(
+                    "broker_connected",
+                    "1 for the configured broker (host:port) the connection is on now, \
+                     0 for the others.",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
             reconnects: IntCounter::new(
                 "reconnects_total",
                 "AMQP connections opened after the first.",
@@ -252,7 +264,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(self.published.clone()),
             Box::new(self.publish_refusals.clone()),
             Box::new(self.publish_late_verdicts.clone()),
@@ -266,6 +278,7 @@ impl Metrics {
             Box::new(self.queue_messages.clone()),
             Box::new(self.ack_failures.clone()),
             Box::new(self.broker_up.clone()),
+            Box::new(self.broker_connected.clone()),
             Box::new(self.reconnects.clone()),
             Box::new(self.producer_requests.clone()),
             Box::new(self.producer_responses.clone()),

@@ -19,7 +19,7 @@
 //! confirm channel belong to `broker`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -36,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::api::{ApiError, discard_body, read_json_body};
-use crate::broker::SessionWatch;
+use crate::broker::{Session, SessionWatch};
 use crate::config::Config;
 use crate::metrics::{Metrics, PublishOutcome};
 
@@ -163,8 +163,6 @@ pub struct PublishApi {
     metrics: Metrics,
     max_in_flight: u32,
     permits: Arc<Semaphore>,
-    /// Publishes whose caller got `504` and whose verdict is still to come.
-    overdue: Arc<AtomicUsize>,
 }
 
 impl PublishApi {
@@ -179,7 +177,6 @@ impl PublishApi {
             metrics,
             max_in_flight: config.max_publishes_in_flight,
             permits: Arc::new(Semaphore::new(config.max_publishes_in_flight as usize)),
-            overdue: Arc::default(),
         }
     }
 
@@ -203,7 +200,7 @@ impl PublishApi {
         if session.blocked() {
             return Some(PublishError::Blocked("memory or disk alarm".into()));
         }
-        if self.overdue.load(Ordering::SeqCst) > 0 {
+        if session.overdue.load(Ordering::SeqCst) > 0 {
             return Some(PublishError::Stalled);
         }
         None
@@ -229,8 +226,10 @@ impl PublishApi {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
-        let session = self.sessions.borrow().clone();
-        let Some(channel) = session.as_ref().and_then(|s| s.publisher.clone()) else {
+        let Some(session) = self.sessions.borrow().clone() else {
+            return Err(PublishError::Unavailable);
+        };
+        let Some(channel) = session.publisher.clone() else {
             return Err(PublishError::Unavailable);
         };
         let properties = BasicProperties::default()
@@ -266,16 +265,25 @@ impl PublishApi {
             }
         });
         match tokio::time::timeout(self.timeout, &mut verdict).await {
-            Ok(Ok(verdict)) => verdict.into_result(&self.queue),
+            Ok(Ok(verdict)) => {
+                let result = verdict.into_result(&self.queue);
+                match &result {
+                    Ok(()) => session.record_verdict(true),
+                    Err(PublishError::Rejected) => session.record_verdict(false),
+                    Err(_) => {}
+                }
+                result
+            }
             Ok(Err(panicked)) => Err(PublishError::Lost(lapin::Error::from(
                 std::io::Error::other(panicked.to_string()),
             ))),
             Err(_) => {
-                self.overdue.fetch_add(1, Ordering::SeqCst);
+                session.overdue.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(settle_late(
                     id.to_owned(),
                     verdict,
-                    self.overdue.clone(),
+                    session,
+                    self.sessions.clone(),
                     self.metrics.clone(),
                 ));
                 Err(PublishError::Timeout(self.timeout))
@@ -295,20 +303,33 @@ fn never_sent(e: &lapin::Error) -> bool {
 }
 
 /// Waits for the verdict of a publish whose caller already got `504`, counts
-/// it, and lifts the stall it caused.
+/// it, and lifts the stall it caused on `sent_on`.
+///
+/// A connection that is gone may never resolve its pending confirms (seen
+/// when a cluster node shuts down), so the wait also ends when `sent_on` is
+/// no longer the current session: the verdict is then `lost`, and the task
+/// that held the permit and the body is dropped, so neither leaks.
 async fn settle_late(
     id: String,
-    verdict: tokio::task::JoinHandle<Verdict>,
-    overdue: Arc<AtomicUsize>,
+    mut verdict: tokio::task::JoinHandle<Verdict>,
+    sent_on: Arc<Session>,
+    mut sessions: SessionWatch,
     metrics: Metrics,
 ) {
-    let label = match verdict.await {
-        Ok(Verdict::Sent(Ok(Confirmation::Ack(None)))) => "confirmed",
-        Ok(Verdict::Sent(Ok(_))) => "refused",
-        Ok(Verdict::NotSent(_)) => "refused",
-        Ok(Verdict::Sent(Err(_))) | Err(_) => "lost",
+    let replaced = sessions.wait_for(|s| !s.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sent_on)));
+    let label = tokio::select! {
+        settled = &mut verdict => match settled {
+            Ok(Verdict::Sent(Ok(Confirmation::Ack(None)))) => "confirmed",
+            Ok(Verdict::Sent(Ok(_))) => "refused",
+            Ok(Verdict::NotSent(_)) => "refused",
+            Ok(Verdict::Sent(Err(_))) | Err(_) => "lost",
+        },
+        _ = replaced => {
+            verdict.abort();
+            "lost"
+        }
     };
-    overdue.fetch_sub(1, Ordering::SeqCst);
+    sent_on.overdue.fetch_sub(1, Ordering::SeqCst);
     metrics
         .publish_late_verdicts
         .with_label_values(&[label])
