@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod bridge;
+pub mod cluster;
 pub mod private_broker;
 pub mod process;
 pub mod prometheus;

@@ -29,6 +29,9 @@ fn server_script() -> PathBuf {
 /// real broker's disk does.
 pub struct PrivateBroker {
     dir: PathBuf,
+    /// HOME for the node and its `rabbitmqctl`: where the Erlang cookie is.
+    /// The node's own directory, or a cluster's shared one.
+    home: PathBuf,
     name: String,
     port: u16,
     dist_port: u16,
@@ -39,17 +42,23 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a node on free ports and waits until AMQP answers.
     pub async fn start(test: &str) -> anyhow::Result<Self> {
-        Self::start_node(test, false).await
+        Self::start_node(test, false, None).await
     }
 
     /// Starts a node with the `rabbitmq_prometheus` plugin on a free port,
     /// refreshing queue stats every second (the default is 5 s), and waits
     /// until AMQP and the metrics endpoint answer.
     pub async fn start_with_prometheus(test: &str) -> anyhow::Result<Self> {
-        Self::start_node(test, true).await
+        Self::start_node(test, true, None).await
     }
 
-    async fn start_node(test: &str, prometheus: bool) -> anyhow::Result<Self> {
+    /// Starts a node whose HOME (and so Erlang cookie) is `home`, as the
+    /// members of one cluster must share a cookie. See [`crate::cluster`].
+    pub(crate) async fn start_node(
+        test: &str,
+        prometheus: bool,
+        home: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let [port, dist_port, metrics_port] = free_ports()?;
         let prometheus_port = prometheus.then_some(metrics_port);
         let name = format!("e2e-{test}-{port}");
@@ -69,6 +78,7 @@ impl PrivateBroker {
         std::fs::write(dir.join("enabled_plugins"), plugins)?;
         std::fs::write(dir.join("rabbitmq.conf"), conf)?;
         let mut broker = Self {
+            home: home.unwrap_or_else(|| dir.clone()),
             dir,
             name,
             port,
@@ -85,6 +95,16 @@ impl PrivateBroker {
         self.prometheus_port.map(|p| format!("127.0.0.1:{p}"))
     }
 
+    /// Its Erlang node name, as `rabbitmqctl` and cluster status show it.
+    pub fn node_name(&self) -> String {
+        format!("{}@localhost", self.name)
+    }
+
+    /// Whether it has been started and not stopped or killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Its AMQP URL.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
@@ -95,8 +115,8 @@ impl PrivateBroker {
         let child = Command::new(server_script())
             .current_dir(&self.dir)
             // The node keeps its Erlang cookie in HOME.
-            .env("HOME", &self.dir)
-            .env("RABBITMQ_NODENAME", format!("{}@localhost", self.name))
+            .env("HOME", &self.home)
+            .env("RABBITMQ_NODENAME", self.node_name())
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
@@ -167,9 +187,9 @@ impl PrivateBroker {
         } else {
             "rabbitmqctl".into()
         })
-        .env("HOME", &self.dir)
+        .env("HOME", &self.home)
         .arg("-n")
-        .arg(format!("{}@localhost", self.name))
+        .arg(self.node_name())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -219,6 +239,15 @@ impl Drop for PrivateBroker {
         if let Some(pid) = self.child.as_ref().and_then(Child::id) {
             signal_group(pid, libc::SIGKILL);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the node's logs to read.
+        if std::thread::panicking() {
+            eprintln!(
+                "broker {} left its data and logs in {}",
+                self.name,
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

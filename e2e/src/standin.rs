@@ -9,7 +9,7 @@
 //! - `fail_percent`: answer 503 to about this share of deliveries, chosen by
 //!   a hash of (id, attempt) so that a run is reproducible.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,6 +81,31 @@ impl StandIn {
             .await
             .unwrap_or_else(|_| panic!("no push to the stand-in worker within {limit:?}"))
             .expect("the stand-in worker is running")
+    }
+
+    /// Collects pushes until every id in `ids` has had a 2xx answer, at
+    /// most `limit`. Returns the 2xx answers per id, of these ids and any
+    /// other that came meanwhile.
+    pub async fn until_processed(
+        &mut self,
+        ids: &BTreeSet<String>,
+        limit: Duration,
+    ) -> BTreeMap<String, usize> {
+        let mut done: BTreeMap<String, usize> = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while !ids.iter().all(|id| done.contains_key(id)) {
+            let missing = ids.iter().filter(|id| !done.contains_key(*id)).count();
+            let push = tokio::time::timeout_at(deadline, self.pushes.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{missing} accepted jobs not processed within {limit:?}")
+                })
+                .expect("the stand-in worker is running");
+            if (200..300).contains(&push.status) {
+                *done.entry(push.id).or_default() += 1;
+            }
+        }
+        done
     }
 
     /// The next push to arrive (before it is answered), waiting at most `limit`.

@@ -38,29 +38,6 @@ impl Figures {
     }
 }
 
-/// Collects the stand-in's pushes until every id in `ids` has had a 2xx
-/// answer. Returns the 2xx answers per id.
-async fn until_processed(
-    worker: &mut StandIn,
-    ids: &BTreeSet<String>,
-    limit: Duration,
-) -> BTreeMap<String, usize> {
-    let mut done: BTreeMap<String, usize> = BTreeMap::new();
-    let deadline = Instant::now() + limit;
-    while !ids.iter().all(|id| done.contains_key(id)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let missing = ids.iter().filter(|id| !done.contains_key(*id)).count();
-        let push = tokio::time::timeout(left, worker.pushes.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{missing} accepted jobs not processed within {limit:?}"))
-            .expect("the stand-in worker is running");
-        if (200..300).contains(&push.status) {
-            *done.entry(push.id).or_default() += 1;
-        }
-    }
-    done
-}
-
 /// The ids in `ids` that `processed` lacks.
 fn lost(ids: &BTreeSet<String>, processed: &BTreeMap<String, usize>) -> usize {
     ids.iter().filter(|id| !processed.contains_key(*id)).count()
@@ -251,7 +228,9 @@ async fn b_broker_restarted_during_publishing_every_accepted_job_is_processed() 
     }
 
     let accepted = accepted.lock().unwrap().clone();
-    let processed = until_processed(&mut worker, &accepted, Duration::from_secs(60)).await;
+    let processed = worker
+        .until_processed(&accepted, Duration::from_secs(60))
+        .await;
     let of_accepted: BTreeMap<&String, &usize> = processed
         .iter()
         .filter(|(id, _)| accepted.contains(*id))
