@@ -90,15 +90,48 @@ spin-push: wasm ## The alternative: `spin registry push` each component's app (n
 
 ##@ Deploy
 
+# The broker `make deploy` runs. single: the one-node StatefulSet in
+# manifests/, which fits a one-node laptop cluster. ha: three RabbitMQ nodes
+# (manifests/overlays/ha), which need the RabbitMQ Cluster Operator and three
+# schedulable nodes.
+BROKER ?= single
+# The operator's release. Since v2.22.0 its cluster-operator.yml holds an
+# admission webhook whose certificate comes from cert-manager (an Issuer and
+# Certificates), so cert-manager goes first; v1.20 supports Kubernetes 1.32-1.35.
+RABBITMQ_OPERATOR_VERSION ?= v2.22.3
+CERT_MANAGER_VERSION ?= v1.20.2
+APP_MANIFESTS := $(if $(filter ha,$(BROKER)),manifests/overlays/ha,manifests)
+
 .PHONY: deploy
-deploy: ## helm install the Prometheus stack and adapter; apply runtime-class/ and manifests/
+deploy: ## helm install the Prometheus stack and adapter; apply runtime-class/ and the app (BROKER=single|ha)
+	@case "$(BROKER)" in single|ha) ;; *) echo "deploy: BROKER must be single or ha, not $(BROKER)" >&2; exit 2;; esac
+# Both brokers own a Service named rabbitmq, whose selector would take in the
+# other's pods: switching takes `make undeploy` with the old BROKER first.
+	@if [ "$(BROKER)" = ha ]; then other=statefulset/rabbitmq; else other=rabbitmqcluster/rabbitmq; fi; \
+	  if kubectl -n wasm-jobs get "$$other" >/dev/null 2>&1; then \
+	    echo "deploy: $$other (the other broker) is deployed; run make undeploy with its BROKER first" >&2; exit 1; fi
+	@if [ "$(BROKER)" = ha ]; then $(MAKE) --no-print-directory ha-operator; fi
 	helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update
 	helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
 	  --namespace monitoring --create-namespace -f manifests/helm/kube-prometheus-stack.values.yaml --wait
 	helm upgrade --install prometheus-adapter prometheus-community/prometheus-adapter \
 	  --namespace monitoring -f manifests/helm/prometheus-adapter.values.yaml --wait
 	kubectl apply -k runtime-class/
-	kubectl apply -k manifests/
+	kubectl apply -k $(APP_MANIFESTS)
+
+.PHONY: ha-operator
+ha-operator: ## cert-manager, then the RabbitMQ Cluster Operator, at the pinned releases (deploy BROKER=ha runs it)
+	kubectl apply -f https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
+	kubectl -n cert-manager wait --for=condition=Available deployment --all --timeout=5m
+# cert-manager's webhook can refuse the operator's Certificate for a few
+# seconds after it is Available (its own CA is injected later); apply is
+# idempotent, so retry it, within a bound.
+	timeout 2m bash -c 'until kubectl apply -f https://github.com/rabbitmq/cluster-operator/releases/download/$(RABBITMQ_OPERATOR_VERSION)/cluster-operator.yml; do sleep 5; done'
+	kubectl -n rabbitmq-system rollout status deploy/rabbitmq-cluster-operator --timeout=5m
+# The operator's webhooks (failurePolicy Fail) refuse every RabbitmqCluster
+# until cert-manager has injected their CA bundle.
+	timeout 2m bash -c 'for w in mutating validating; do \
+	  until kubectl get $${w}webhookconfiguration cluster-operator-$${w}-webhook-configuration -o jsonpath="{.webhooks[0].clientConfig.caBundle}" | grep -q .; do sleep 2; done; done'
 
 .PHONY: deploy-keda
 deploy-keda: ## The KEDA alternative (instead of prometheus-adapter): scales to zero
@@ -108,8 +141,8 @@ deploy-keda: ## The KEDA alternative (instead of prometheus-adapter): scales to 
 	kubectl apply -k manifests/overlays/keda/
 
 .PHONY: undeploy
-undeploy: ## Remove the app (keeps the Helm releases; `helm uninstall` them to remove those)
-	kubectl delete -k manifests/ --ignore-not-found
+undeploy: ## Remove the app (keeps the Helm releases and the operator); BROKER=ha also deletes the cluster's volumes
+	kubectl delete -k $(APP_MANIFESTS) --ignore-not-found
 
 ##@ Test
 
@@ -136,7 +169,7 @@ lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
 .PHONY: check-make
 check-make: ## Dry-run every target, to catch Makefile drift
 ifndef CHECK_MAKE_NESTED
-	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy deploy-keda undeploy test lint manifests-check bench bench-smoke clean; do \
+	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy ha-operator deploy-keda undeploy test lint manifests-check bench bench-smoke clean; do \
 	  $(MAKE) -n CHECK_MAKE_NESTED=1 $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
 endif
 

@@ -11,8 +11,9 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Container, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, Service};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::DynamicObject;
 use serde::de::DeserializeOwned;
@@ -168,6 +169,35 @@ fn seconds(text: &str) -> Result<Duration> {
     humantime::parse_duration(text).with_context(|| format!("not a duration: {text}"))
 }
 
+/// The bridge's own parse of a container's env: `host-bridge --flag=value`
+/// for each variable, where a value from a Secret gets a stand-in. Fails on
+/// a variable the bridge does not read, and on settings it would refuse.
+fn bridge_config(workload: &str, bridge: &Container) -> Result<host_bridge::Config> {
+    let command = host_bridge::Config::command();
+    let mut args = vec!["host-bridge".to_owned()];
+    for var in bridge.env.iter().flatten() {
+        let Some(flag) = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|n| n == var.name.as_str()))
+            .and_then(|a| a.get_long())
+        else {
+            bail!("{workload}: the bridge reads no {}", var.name);
+        };
+        let value = var.value.clone().unwrap_or_else(|| {
+            if var.name == "AMQP_URL" {
+                "amqp://x@y/%2f".into()
+            } else {
+                "from-a-secret".into()
+            }
+        });
+        args.push(format!("--{flag}={value}"));
+    }
+    let config = host_bridge::Config::try_parse_from(args)
+        .with_context(|| format!("{workload}: the bridge refuses its env"))?;
+    config.validate()?;
+    Ok(config)
+}
+
 #[test]
 fn hpa_targets_an_existing_deployment_and_runtime_classes_exist() -> Result<()> {
     let objects = build("manifests")?;
@@ -280,35 +310,9 @@ fn bridge_containers_agree_with_the_bridge_and_the_components() -> Result<()> {
     let objects = build("manifests")?;
     let templates = templates(&objects)?;
     let defaults = host_bridge::Config::try_parse_from(["host-bridge"])?;
-    // Every env var the manifests give the bridge is one it reads.
-    let known: BTreeSet<String> = host_bridge::Config::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
     for workload in ["producer", "worker"] {
         let bridge = container(&templates[workload], "bridge")?;
-        for var in bridge.env.iter().flatten() {
-            assert!(
-                known.contains(&var.name),
-                "{workload}: the bridge reads no {}",
-                var.name
-            );
-        }
-        let config =
-            host_bridge::Config::try_parse_from(std::iter::once("host-bridge".to_owned()).chain(
-                bridge.env.iter().flatten().filter_map(|e| {
-                    let flag = host_bridge::Config::command()
-                        .get_arguments()
-                        .find(|a| a.get_env().is_some_and(|n| n == e.name.as_str()))?
-                        .get_long()?
-                        .to_owned();
-                    Some(format!(
-                        "--{flag}={}",
-                        e.value.clone().unwrap_or_else(|| "amqp://x@y/%2f".into())
-                    ))
-                }),
-            ))?;
-        config.validate()?;
+        let config = bridge_config(workload, bridge)?;
         assert_eq!(
             port_named(bridge, "admin"),
             Some(i32::from(config.admin_addr.port())),
@@ -592,5 +596,549 @@ fn network_policies_let_only_the_bridges_reach_amqp() -> Result<()> {
         clients,
         BTreeSet::from(["producer".to_owned(), "worker".to_owned()])
     );
+    Ok(())
+}
+
+/// What the RabbitMQ Cluster Operator makes of the overlay's RabbitmqCluster.
+/// The build holds only the custom resource; the pods, Services and Secret
+/// the checks below must match are the operator's, named and labelled as
+/// its v2.22.3 source does (internal/metadata/label.go, internal/resource/).
+struct OperatorCluster {
+    name: String,
+    namespace: String,
+    replicas: u32,
+    spec: Value,
+    /// The resource's own labels, which the operator copies onto its Services
+    /// (not onto the pods), app.kubernetes.io/* excepted.
+    labels: BTreeMap<String, String>,
+}
+
+impl OperatorCluster {
+    /// The one RabbitmqCluster in `objects`.
+    fn of(objects: &[DynamicObject]) -> Result<Self> {
+        let mut clusters = objects.iter().filter(|o| kind(o) == "RabbitmqCluster");
+        let cluster = serde_json::to_value(clusters.next().context("a RabbitmqCluster")?)?;
+        assert!(clusters.next().is_none(), "one RabbitmqCluster");
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(cluster["metadata"]["labels"].clone()).unwrap_or_default();
+        Ok(Self {
+            name: cluster["metadata"]["name"]
+                .as_str()
+                .context("name")?
+                .to_owned(),
+            namespace: cluster["metadata"]["namespace"]
+                .as_str()
+                .context("namespace")?
+                .to_owned(),
+            // The CRD's default, when unset, is 1.
+            replicas: cluster["spec"]["replicas"]
+                .as_u64()
+                .unwrap_or(1)
+                .try_into()?,
+            spec: cluster["spec"].clone(),
+            labels: labels
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("app.kubernetes.io"))
+                .collect(),
+        })
+    }
+
+    /// metadata.Label: the pods' labels (the StatefulSet `<name>-server`).
+    fn pod_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), self.name.clone()),
+            (
+                "app.kubernetes.io/component".to_owned(),
+                "rabbitmq".to_owned(),
+            ),
+            (
+                "app.kubernetes.io/part-of".to_owned(),
+                "rabbitmq".to_owned(),
+            ),
+        ])
+    }
+
+    /// The container ports of the pods (no TLS, no extra plugins).
+    fn pod_ports() -> BTreeMap<&'static str, i32> {
+        BTreeMap::from([
+            ("epmd", 4369),
+            ("amqp", 5672),
+            ("management", 15672),
+            ("prometheus", 15692),
+        ])
+    }
+
+    /// The headless Service `<name>-nodes` (epmd, cluster-rpc): its labels.
+    fn headless_service_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.pod_labels();
+        labels.extend(self.labels.clone());
+        labels
+    }
+
+    /// The client Service `<name>`: the headless one's labels plus
+    /// spec.service.labels, and ports amqp, management, prometheus.
+    fn client_service_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.headless_service_labels();
+        let extra: BTreeMap<String, String> =
+            serde_json::from_value(self.spec["service"]["labels"].clone()).unwrap_or_default();
+        for (k, v) in extra {
+            labels.entry(k).or_insert(v);
+        }
+        labels
+    }
+
+    fn client_service_ports() -> BTreeSet<&'static str> {
+        BTreeSet::from(["amqp", "management", "prometheus"])
+    }
+
+    /// Each node's AMQP address: pod `<name>-server-N` through the headless
+    /// Service `<name>-nodes`, vhost `/`.
+    fn node_urls(&self) -> BTreeSet<String> {
+        (0..self.replicas)
+            .map(|i| {
+                format!(
+                    "amqp://{0}-server-{i}.{0}-nodes.{1}.svc:5672/%2f",
+                    self.name, self.namespace
+                )
+            })
+            .collect()
+    }
+
+    /// Every object the operator creates for the cluster, as (kind, name).
+    fn children(&self) -> BTreeSet<(String, String)> {
+        [
+            ("Service", ""),
+            ("Service", "-nodes"),
+            ("StatefulSet", "-server"),
+            ("ConfigMap", "-server-conf"),
+            ("ConfigMap", "-plugins-conf"),
+            ("Secret", "-default-user"),
+            ("Secret", "-erlang-cookie"),
+            ("ServiceAccount", "-server"),
+            ("Role", "-peer-discovery"),
+            ("RoleBinding", "-server"),
+        ]
+        .into_iter()
+        .map(|(k, suffix)| (k.to_owned(), format!("{}{suffix}", self.name)))
+        .collect()
+    }
+
+    /// The generated default user's Secret and the keys the operator writes.
+    fn default_user_secret(&self) -> (String, BTreeSet<&'static str>) {
+        (
+            format!("{}-default-user", self.name),
+            BTreeSet::from([
+                "username",
+                "password",
+                "host",
+                "port",
+                "connection_string",
+                "default_user.conf",
+                "provider",
+                "type",
+            ]),
+        )
+    }
+}
+
+/// `key = value` lines of a rabbitmq.conf.
+fn rabbitmq_conf(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn ha_overlay_runs_a_three_node_cluster_in_place_of_the_single_node_broker() -> Result<()> {
+    let base = build("manifests")?;
+    let objects = build("manifests/overlays/ha")?;
+    let cluster = OperatorCluster::of(&objects)?;
+
+    // Nothing of the single-node broker is left, and nothing the operator
+    // creates is claimed by the build.
+    assert!(
+        all::<StatefulSet>(&objects, "StatefulSet")?.is_empty(),
+        "no single-node StatefulSet"
+    );
+    for (k, n) in [
+        ("Secret", "rabbitmq-credentials"),
+        ("ConfigMap", "rabbitmq-config"),
+    ] {
+        assert!(
+            !objects.iter().any(|o| kind(o) == k && name(o) == n),
+            "{k}/{n} is left over"
+        );
+    }
+    let operators = cluster.children();
+    for o in &objects {
+        let id = (kind(o).to_owned(), name(o).to_owned());
+        assert!(
+            !operators.contains(&id),
+            "{}/{} is the operator's to create",
+            id.0,
+            id.1
+        );
+    }
+
+    // A majority survives one lost node, and a partition leaves one majority.
+    assert!(
+        cluster.replicas >= 3 && cluster.replicas % 2 == 1,
+        "replicas {}",
+        cluster.replicas
+    );
+    // Hard anti-affinity per node, on the operator's pod labels.
+    let terms = cluster.spec["affinity"]["podAntiAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .context("required pod anti-affinity")?;
+    assert!(
+        terms
+            .iter()
+            .any(|t| t["topologyKey"] == "kubernetes.io/hostname"
+                && selects(&t["labelSelector"], &cluster.pod_labels())),
+        "{terms:?}"
+    );
+    let storage = cluster.spec["persistence"]["storage"]
+        .as_str()
+        .unwrap_or("0");
+    assert!(
+        !storage.starts_with('0'),
+        "persistent storage, not emptyDir: {storage}"
+    );
+    let resources = &cluster.spec["resources"];
+    assert_eq!(
+        resources["requests"]["memory"], resources["limits"]["memory"],
+        "memory request = limit (RabbitMQ's alarm follows the limit)"
+    );
+    assert!(
+        cluster.spec["rabbitmq"]["additionalPlugins"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p == "rabbitmq_prometheus"))
+    );
+
+    // The base's broker settings that matter carry over.
+    let base_config: ConfigMap = one(&base, "ConfigMap", "rabbitmq-config")?;
+    let base_conf = rabbitmq_conf(
+        base_config
+            .data
+            .as_ref()
+            .and_then(|d| d.get("rabbitmq.conf"))
+            .context("rabbitmq.conf")?,
+    );
+    let conf = rabbitmq_conf(
+        cluster.spec["rabbitmq"]["additionalConfig"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    assert_eq!(
+        conf.get("collect_statistics_interval"),
+        base_conf.get("collect_statistics_interval"),
+        "the HPA's signal is as fresh as with the single node"
+    );
+    assert_eq!(
+        conf.get("quorum_queue.continuous_membership_reconciliation.target_group_size"),
+        Some(&cluster.replicas.to_string()),
+        "quorum queues grow back to one replica per node"
+    );
+
+    // kustomize cannot include manifests/ from below it, so the overlay
+    // repeats its HPA and image pins: they must agree.
+    let hpa = |objects: &[DynamicObject]| -> Result<Value> {
+        let hpa: HorizontalPodAutoscaler = one(objects, "HorizontalPodAutoscaler", "worker")?;
+        Ok(serde_json::to_value(hpa.spec)?)
+    };
+    assert_eq!(
+        hpa(&objects)?,
+        hpa(&base)?,
+        "overlays/ha/hpa.yaml = hpa.yaml"
+    );
+    let images = |objects: &[DynamicObject]| -> Result<BTreeMap<String, Option<String>>> {
+        Ok(templates(objects)?
+            .iter()
+            .flat_map(|(w, t)| {
+                containers(t)
+                    .iter()
+                    .map(move |c| (format!("{w}/{}", c.name), c.image.clone()))
+            })
+            .collect())
+    };
+    let base_images = images(&base)?;
+    for (container, image) in images(&objects)? {
+        assert_eq!(
+            Some(&image),
+            base_images.get(&container),
+            "{container}: the image pins of overlays/ha and manifests/ differ"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn ha_bridges_list_every_node_and_take_credentials_from_the_operator() -> Result<()> {
+    let objects = build("manifests/overlays/ha")?;
+    let cluster = OperatorCluster::of(&objects)?;
+    let templates = templates(&objects)?;
+    let (user_secret, user_keys) = cluster.default_user_secret();
+    let from_secret = |c: &Container, var: &str| -> Option<(String, String)> {
+        let key_ref = c
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == var)?
+            .value_from
+            .as_ref()?
+            .secret_key_ref
+            .as_ref()?;
+        Some((key_ref.name.clone(), key_ref.key.clone()))
+    };
+    for workload in ["producer", "worker"] {
+        let bridge = container(&templates[workload], "bridge")?;
+        let list = env(bridge, "AMQP_URL").context("AMQP_URL as a plain value")?;
+        let urls: Vec<&str> = list.split(',').collect();
+        assert_eq!(
+            urls.iter()
+                .map(|u| (*u).to_owned())
+                .collect::<BTreeSet<_>>(),
+            cluster.node_urls(),
+            "{workload}: AMQP_URL names each node once"
+        );
+        assert_eq!(urls.len(), cluster.node_urls().len(), "{workload}: {list}");
+        for url in &urls {
+            let url = reqwest::Url::parse(url)?;
+            assert!(
+                url.username().is_empty() && url.password().is_none(),
+                "{workload}: no credentials in AMQP_URL"
+            );
+        }
+        assert_eq!(
+            from_secret(bridge, "AMQP_USERNAME"),
+            Some((user_secret.clone(), "username".to_owned())),
+            "{workload}"
+        );
+        assert_eq!(
+            from_secret(bridge, "AMQP_PASSWORD"),
+            Some((user_secret.clone(), "password".to_owned())),
+            "{workload}"
+        );
+        assert_eq!(
+            env(bridge, "QUORUM_INITIAL_GROUP_SIZE"),
+            Some(cluster.replicas.to_string().as_str()),
+            "{workload}: a queue replica on every node"
+        );
+        // The bridge itself accepts all of it (a list of URLs, the overrides).
+        bridge_config(workload, bridge)?;
+    }
+
+    // Every Secret reference resolves: to the build, or to the operator's.
+    let secrets: BTreeMap<String, Secret> = all::<Secret>(&objects, "Secret")?
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+        .collect();
+    for (workload, template) in &templates {
+        for c in containers(template) {
+            for var in c.env.iter().flatten() {
+                let Some((secret, key)) = from_secret(c, &var.name) else {
+                    continue;
+                };
+                let resolves = if secret == user_secret {
+                    user_keys.contains(key.as_str())
+                } else {
+                    secrets.get(&secret).is_some_and(|s| {
+                        s.string_data.as_ref().is_some_and(|d| d.contains_key(&key))
+                            || s.data.as_ref().is_some_and(|d| d.contains_key(&key))
+                    })
+                };
+                assert!(
+                    resolves,
+                    "{workload}/{}: no key {key} in Secret {secret}",
+                    c.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The peers (NetworkPolicy `from` entries) allowed to reach `port` on a pod
+/// labelled `target`; `Value::Null` stands for a rule without `from` (anyone).
+fn peers_allowed(
+    objects: &[DynamicObject],
+    target: &BTreeMap<String, String>,
+    port: i32,
+) -> Result<Vec<Value>> {
+    let mut peers = Vec::new();
+    for policy in objects.iter().filter(|o| kind(o) == "NetworkPolicy") {
+        let policy = serde_json::to_value(policy)?;
+        let selector = &policy["spec"]["podSelector"];
+        let every_pod = selector.as_object().is_some_and(|o| o.is_empty());
+        if !every_pod && !selects(selector, target) {
+            continue;
+        }
+        for rule in policy["spec"]["ingress"].as_array().into_iter().flatten() {
+            let ports = rule["ports"].as_array();
+            let opens = ports.is_none_or(|ports| {
+                ports.iter().any(|p| {
+                    let from = p["port"].as_i64().unwrap_or(-1);
+                    let to = p["endPort"].as_i64().unwrap_or(from);
+                    (from..=to).contains(&i64::from(port))
+                })
+            });
+            if opens {
+                match rule["from"].as_array() {
+                    Some(from) => peers.extend(from.iter().cloned()),
+                    None => peers.push(Value::Null),
+                }
+            }
+        }
+    }
+    Ok(peers)
+}
+
+#[test]
+fn ha_budget_monitor_and_policies_select_the_operators_pods() -> Result<()> {
+    let base = build("manifests")?;
+    let objects = build("manifests/overlays/ha")?;
+    let cluster = OperatorCluster::of(&objects)?;
+    let rabbit_pods = cluster.pod_labels();
+    let mut pods: BTreeMap<String, BTreeMap<String, String>> = templates(&objects)?
+        .iter()
+        .map(|(n, t)| (n.clone(), labels(t)))
+        .collect();
+    let rabbit = format!("{}-server", cluster.name);
+    pods.insert(rabbit.clone(), rabbit_pods.clone());
+
+    // One budget covers the RabbitMQ pods, and only them: one node at a time.
+    let budgets: Vec<_> = all::<PodDisruptionBudget>(&objects, "PodDisruptionBudget")?
+        .into_iter()
+        .filter_map(|b| b.spec)
+        .filter(|s| {
+            s.selector
+                .as_ref()
+                .and_then(|s| serde_json::to_value(s).ok())
+                .is_some_and(|s| selects(&s, &rabbit_pods))
+        })
+        .collect();
+    assert_eq!(
+        budgets.len(),
+        1,
+        "one PodDisruptionBudget for the RabbitMQ pods"
+    );
+    assert_eq!(budgets[0].max_unavailable, Some(IntOrString::Int(1)));
+    let selector = serde_json::to_value(&budgets[0].selector)?;
+    for (name, l) in &pods {
+        assert_eq!(
+            selects(&selector, l),
+            name == &rabbit,
+            "the budget and {name}"
+        );
+    }
+
+    // The ServiceMonitor picks the operator's client Service, not the
+    // headless one, with the base's endpoints: same port names, same
+    // /metrics/detailed params. The client Service's endpoints are each pod,
+    // which matters: a node reports a quorum queue's metrics only while it
+    // leads it (rabbitmq/rabbitmq-server#12021).
+    let monitor = |objects: &[DynamicObject]| -> Result<Value> {
+        Ok(serde_json::to_value(
+            objects
+                .iter()
+                .find(|o| kind(o) == "ServiceMonitor" && name(o) == "rabbitmq")
+                .context("ServiceMonitor/rabbitmq")?,
+        )?)
+    };
+    let service_monitor = monitor(&objects)?;
+    assert_eq!(
+        service_monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let selector = &service_monitor["spec"]["selector"];
+    assert!(selects(selector, &cluster.client_service_labels()));
+    assert!(
+        !selects(selector, &cluster.headless_service_labels()),
+        "the headless Service has no metrics port"
+    );
+    assert!(
+        !objects
+            .iter()
+            .filter(|o| kind(o) == "Service")
+            .any(|s| selects(
+                selector,
+                s.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())
+            )),
+        "the ServiceMonitor selects a Service of the build"
+    );
+    let endpoints = &service_monitor["spec"]["endpoints"];
+    assert_eq!(endpoints, &monitor(&base)?["spec"]["endpoints"]);
+    for endpoint in endpoints.as_array().context("endpoints")? {
+        let port = endpoint["port"].as_str().unwrap_or_default();
+        assert!(
+            OperatorCluster::client_service_ports().contains(port),
+            "{port}"
+        );
+        assert!(OperatorCluster::pod_ports().contains_key(port), "{port}");
+    }
+
+    // Network policies: every one selects some pod; AMQP from the bridges
+    // only, clustering between the RabbitMQ pods only, metrics from
+    // Prometheus, the management API from the operator.
+    for policy in objects.iter().filter(|o| kind(o) == "NetworkPolicy") {
+        let selector = serde_json::to_value(policy)?["spec"]["podSelector"].clone();
+        if selector.as_object().is_some_and(|o| o.is_empty()) {
+            continue;
+        }
+        assert!(
+            pods.values().any(|l| selects(&selector, l)),
+            "NetworkPolicy {} selects no pod",
+            name(policy)
+        );
+    }
+    let in_namespace = |peers: &[Value]| -> BTreeSet<String> {
+        pods.iter()
+            .filter(|(_, l)| {
+                peers.iter().any(|p| {
+                    let pod_selector = &p["podSelector"];
+                    p.is_null()
+                        || (p.get("namespaceSelector").is_none()
+                            && p.get("ipBlock").is_none()
+                            && (pod_selector.as_object().is_some_and(|o| o.is_empty())
+                                || selects(pod_selector, l)))
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let from_namespace = |peers: &[Value], ns: &str| {
+        peers
+            .iter()
+            .any(|p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == ns)
+    };
+    let ports = OperatorCluster::pod_ports();
+    let amqp = peers_allowed(&objects, &rabbit_pods, ports["amqp"])?;
+    assert_eq!(
+        in_namespace(&amqp),
+        BTreeSet::from(["producer".to_owned(), "worker".to_owned()])
+    );
+    for port in [ports["epmd"], 25672] {
+        let peers = peers_allowed(&objects, &rabbit_pods, port)?;
+        assert_eq!(
+            in_namespace(&peers),
+            BTreeSet::from([rabbit.clone()]),
+            "port {port}: between the nodes only"
+        );
+    }
+    let metrics = peers_allowed(&objects, &rabbit_pods, ports["prometheus"])?;
+    assert!(
+        from_namespace(&metrics, "monitoring"),
+        "Prometheus scrapes {metrics:?}"
+    );
+    let management = peers_allowed(&objects, &rabbit_pods, ports["management"])?;
+    assert!(
+        from_namespace(&management, "rabbitmq-system"),
+        "the operator reaches the management API: {management:?}"
+    );
+    assert!(in_namespace(&management).is_empty(), "{management:?}");
     Ok(())
 }
