@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use e2e::admin::MetricSource;
 use e2e::bridge::RunningBridge;
+use e2e::cluster::Cluster;
 use e2e::private_broker::PrivateBroker;
 use e2e::prometheus::Prometheus;
 use e2e::standin::StandIn;
@@ -22,8 +23,14 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The objects `kubectl kustomize manifests` builds, as JSON.
 fn built() -> Result<Vec<Value>> {
+    built_from("manifests")
+}
+
+/// The objects `kubectl kustomize <dir>` builds (`dir` relative to the
+/// repository), as JSON.
+fn built_from(dir: &str) -> Result<Vec<Value>> {
     let output = Command::new("kubectl")
-        .args(["kustomize", &format!("{ROOT}/manifests")])
+        .args(["kustomize", &format!("{ROOT}/{dir}")])
         .output()?;
     anyhow::ensure!(
         output.status.success(),
@@ -123,16 +130,19 @@ fn promised_example() -> Result<(u32, u32, u32)> {
 /// Scrape configs equivalent to the ServiceMonitor's /metrics/detailed
 /// endpoint and the PodMonitor, with the `namespace` target label that the
 /// Prometheus Operator adds from the monitored object's namespace.
-fn scrape_configs(objects: &[Value], rabbit: &str, bridge: &str) -> Result<String> {
+fn scrape_configs(objects: &[Value], rabbits: &[String], bridge: &str) -> Result<String> {
     let namespace = find(objects, "ServiceMonitor", "rabbitmq")?["metadata"]["namespace"].clone();
     let endpoints = find(objects, "ServiceMonitor", "rabbitmq")?["spec"]["endpoints"]
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // One target per RabbitMQ node: the Service's endpoints, as the
+    // Prometheus Operator scrapes them.
+    let targets = serde_json::to_string(rabbits)?;
     let mut out = String::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         out += &format!(
-            "  - job_name: rabbitmq-{i}\n    metrics_path: {}\n    params: {}\n    static_configs: [{{targets: [\"{rabbit}\"], labels: {{namespace: {namespace}}}}}]\n",
+            "  - job_name: rabbitmq-{i}\n    metrics_path: {}\n    params: {}\n    static_configs: [{{targets: {targets}, labels: {{namespace: {namespace}}}}}]\n",
             endpoint["path"],
             if endpoint["params"].is_null() {
                 json!({})
@@ -159,7 +169,7 @@ fn the_adapter_query_renders_as_documented() -> Result<()> {
     )?;
     assert_eq!(
         rendered,
-        r#"sum(rabbitmq_detailed_queue_messages{queue="jobs",namespace="wasm-jobs"}) by ()"#
+        r#"sum(max by (vhost, queue) (rabbitmq_detailed_queue_messages{queue="jobs",namespace="wasm-jobs"})) by ()"#
     );
     assert_eq!(hpa_replicas(300.0, 5.0, 1, 1, 20), 20);
     assert_eq!(
@@ -206,7 +216,7 @@ async fn the_adapter_query_returns_the_queue_length_and_the_hpa_scales_as_promis
     let rabbit = broker.prometheus_addr().context("prometheus port")?;
     let prometheus = Prometheus::start(
         "adapter",
-        &scrape_configs(&objects, &rabbit, &bridge.admin_addr.to_string())?,
+        &scrape_configs(&objects, &[rabbit], &bridge.admin_addr.to_string())?,
     )
     .await?;
 
@@ -350,7 +360,7 @@ async fn every_dashboard_metric_is_exported_by_the_bridge_or_rabbitmq() -> Resul
     let rabbit = broker.prometheus_addr().context("prometheus port")?;
     let prometheus = Prometheus::start(
         "dashboard",
-        &scrape_configs(&objects, &rabbit, &bridge.admin_addr.to_string())?,
+        &scrape_configs(&objects, &[rabbit], &bridge.admin_addr.to_string())?,
     )
     .await?;
     let mut exported = BTreeSet::new();
@@ -395,6 +405,169 @@ async fn every_dashboard_metric_is_exported_by_the_bridge_or_rabbitmq() -> Resul
         missing.is_empty(),
         "the dashboard queries metrics nothing exports: {missing:?}"
     );
+    bridge.stop().await;
+    Ok(())
+}
+
+/// The nodes whose `/metrics/detailed` (with the ServiceMonitor's params)
+/// has a `rabbitmq_detailed_queue_messages` series for `queue`.
+async fn nodes_reporting(objects: &[Value], cluster: &Cluster, queue: &str) -> Result<Vec<String>> {
+    let endpoint = &find(objects, "ServiceMonitor", "rabbitmq")?["spec"]["endpoints"]
+        .as_array()
+        .context("endpoints")?
+        .iter()
+        .find(|e| e["path"] == "/metrics/detailed")
+        .context("a /metrics/detailed endpoint")?
+        .clone();
+    let params: Vec<(String, String)> = endpoint["params"]
+        .as_object()
+        .map(|p| {
+            p.iter()
+                .flat_map(|(k, vs)| {
+                    vs.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .map(|v| (k.clone(), v.to_owned()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let series = format!(r#"rabbitmq_detailed_queue_messages{{vhost="/",queue="{queue}"}}"#);
+    let client = reqwest::Client::new();
+    let mut reporting = Vec::new();
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        let addr = node.prometheus_addr().context("prometheus port")?;
+        let text = client
+            .get(format!("http://{addr}/metrics/detailed"))
+            .query(&params)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if text.lines().any(|l| l.starts_with(&series)) {
+            reporting.push(node.node_name());
+        }
+    }
+    Ok(reporting)
+}
+
+/// The HA overlay's signal on a real three-node cluster: the queue is
+/// replicated on all three, only its leader reports its length, so the
+/// adapter's query (which takes the max per queue before summing, in case
+/// two nodes ever report it) returns the queue length once, not three
+/// times; and after the leader is killed the new one reports it and the
+/// query still returns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_the_adapter_query_counts_the_queue_once() -> Result<()> {
+    let objects = built_from("manifests/overlays/ha")?;
+    let hpa = find(&objects, "HorizontalPodAutoscaler", "worker")?;
+    let namespace = hpa["metadata"]["namespace"].as_str().context("namespace")?;
+    let selector: BTreeMap<String, String> = serde_json::from_value(
+        hpa["spec"]["metrics"][0]["external"]["metric"]["selector"]["matchLabels"].clone(),
+    )?;
+    let queue = selector
+        .get("queue")
+        .context("the HPA selects a queue")?
+        .clone();
+    let mut cluster = Cluster::start("adapter-ha", 3, true).await?;
+    let bridge = RunningBridge::start_ready(&[
+        "--amqp-url",
+        &cluster.amqp_urls(),
+        "--roles",
+        "publish",
+        "--queue",
+        &queue,
+        "--quorum-initial-group-size",
+        "3",
+    ])
+    .await?;
+    let replicas = cluster
+        .wait_online(&queue, 3, Duration::from_secs(30))
+        .await?;
+    let rabbits: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.prometheus_addr())
+        .collect();
+    let prometheus = Prometheus::start(
+        "adapter-ha",
+        &scrape_configs(&objects, &rabbits, &bridge.admin_addr.to_string())?,
+    )
+    .await?;
+    let jobs = 12;
+    let client = reqwest::Client::new();
+    for n in 0..jobs {
+        let body = json!({ "id": format!("ha-{n}"), "created_at": "2026-01-01T00:00:00Z" });
+        let response = client
+            .post(bridge.publish_url("/v1/publish"))
+            .json(&body)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202);
+    }
+    let query = render_external_query(&adapter_rule()?, &selector, namespace)?;
+    let raw =
+        format!(r#"rabbitmq_detailed_queue_messages{{queue="{queue}",namespace="{namespace}"}}"#);
+    let see_all = async |what: &str| {
+        e2e::eventually(what, Duration::from_secs(30), || async {
+            let value = prometheus.query(&query).await.ok()?.first()?.1;
+            (value >= f64::from(jobs)).then_some(value)
+        })
+        .await
+    };
+    let value = see_all("the query to see every job").await;
+    let reporting = nodes_reporting(&objects, &cluster, &queue).await?;
+    let series = prometheus.query(&raw).await?.len();
+    println!(
+        "3-node cluster: {query} = {value}; queue members {:?}, leader {}; \
+         nodes reporting its length {reporting:?}; series in Prometheus {series}",
+        replicas.members, replicas.leader
+    );
+    assert_eq!(value, f64::from(jobs), "counted once, not once per node");
+    assert_eq!(
+        reporting,
+        vec![replicas.leader.clone()],
+        "only the leader reports"
+    );
+
+    // The leader dies: Prometheus marks its series stale, the new leader
+    // reports the length, and the query gives the same answer.
+    let leader = cluster.index_of(&replicas.leader)?;
+    cluster.nodes[leader].kill().await?;
+    let after = cluster
+        .wait_online(&queue, 2, Duration::from_secs(30))
+        .await?;
+    let new_leader = &cluster.nodes[cluster.index_of(&after.leader)?];
+    let new_instance = new_leader.prometheus_addr().context("prometheus port")?;
+    let reporting = e2e::eventually(
+        "the new leader to report the queue",
+        Duration::from_secs(60),
+        || async {
+            let reporting = nodes_reporting(&objects, &cluster, &queue).await.ok()?;
+            (!reporting.is_empty()).then_some(reporting)
+        },
+    )
+    .await;
+    let value = e2e::eventually(
+        "Prometheus to hold the new leader's series only",
+        Duration::from_secs(60),
+        || async {
+            let series = prometheus.query(&raw).await.ok()?;
+            let only_new = series.len() == 1 && series[0].0["instance"] == new_instance.as_str();
+            let value = prometheus.query(&query).await.ok()?.first()?.1;
+            only_new.then_some(value)
+        },
+    )
+    .await;
+    println!(
+        "after killing the leader: new leader {}; nodes reporting {reporting:?}; query = {value}",
+        after.leader
+    );
+    assert_eq!(reporting, vec![after.leader.clone()]);
+    assert_eq!(value, f64::from(jobs));
     bridge.stop().await;
     Ok(())
 }
