@@ -12,7 +12,6 @@
 //! disconnected. It does not publish or consume; `publish` and `consume` do,
 //! on whatever session is current.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,14 +57,71 @@ pub struct Session {
     pub connection: Connection,
     /// The confirm-mode channel the publish API uses, when that role is on.
     pub publisher: Option<Channel>,
-    /// Publishes sent on this connection whose caller got `504` and whose
-    /// verdict is still to come. While any are, the link counts as stalled
-    /// and new publishes are refused (see `publish`). It belongs to the
-    /// connection: a new one starts unstalled, whatever the old one left.
-    pub overdue: AtomicUsize,
-    /// Since when every verdict on this connection has been a nack, if the
-    /// last one was.
-    nacked_since: Mutex<Option<Instant>>,
+    /// How the broker has been answering this connection's publishes. It
+    /// belongs to the connection: a new one starts afresh, whatever the old
+    /// one left.
+    health: Mutex<Health>,
+}
+
+/// What tells a link that is up but no longer useful for publishing.
+#[derive(Debug, Default)]
+struct Health {
+    /// Publishes whose caller got `504` and whose verdict is still to come.
+    /// While any are, the link counts as stalled and new publishes are
+    /// refused (see `publish`).
+    overdue: usize,
+    /// Since when at least one has been overdue.
+    stalled_since: Option<Instant>,
+    /// Nacks since the last ack.
+    nacks: u32,
+    /// When the first and the latest of those came.
+    first_nack: Option<Instant>,
+    last_nack: Option<Instant>,
+    /// Whether the broker has confirmed anything on this connection.
+    acked: bool,
+}
+
+/// Nacks in a row, at the least, before a link counts as nacking for good:
+/// one nack and then silence is no pattern.
+const NACKS_FOR_GOOD: u32 = 3;
+
+impl Health {
+    fn record_verdict(&mut self, acked: bool, now: Instant) {
+        if acked {
+            self.acked = true;
+            self.nacks = 0;
+            self.first_nack = None;
+        } else {
+            self.nacks += 1;
+            self.first_nack.get_or_insert(now);
+            self.last_nack = Some(now);
+        }
+    }
+
+    fn begin_overdue(&mut self, now: Instant) {
+        self.overdue += 1;
+        self.stalled_since.get_or_insert(now);
+    }
+
+    fn end_overdue(&mut self) {
+        self.overdue = self.overdue.saturating_sub(1);
+        if self.overdue == 0 {
+            self.stalled_since = None;
+        }
+    }
+
+    fn unproductive(&self, limit: Duration, nacks: bool, now: Instant) -> Option<&'static str> {
+        let held = |since: Option<Instant>| since.is_some_and(|t| now.duration_since(t) >= limit);
+        if held(self.stalled_since) {
+            return Some("confirms overdue");
+        }
+        let nacking = self.nacks >= NACKS_FOR_GOOD
+            && held(self.first_nack)
+            && self
+                .last_nack
+                .is_some_and(|t| now.duration_since(t) < limit);
+        (nacks && nacking).then_some("every publish nacked")
+    }
 }
 
 impl Session {
@@ -76,20 +132,38 @@ impl Session {
         self.connection.status().blocked()
     }
 
-    /// Records a publish's verdict: acked, or nacked by the broker.
-    pub fn record_verdict(&self, acked: bool) {
-        let mut since = self.nacked_since.lock().unwrap_or_else(|e| e.into_inner());
-        match (acked, *since) {
-            (true, _) => *since = None,
-            (false, None) => *since = Some(Instant::now()),
-            (false, Some(_)) => {}
-        }
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // Nothing panics while holding it; a poisoned lock still holds
+        // counts worth reading.
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How long every verdict on this connection has been a nack.
-    pub fn nacked_for(&self) -> Option<Duration> {
-        let since = self.nacked_since.lock().unwrap_or_else(|e| e.into_inner());
-        since.map(|t| t.elapsed())
+    /// Records a publish's verdict, on time or late: acked, or nacked.
+    pub fn record_verdict(&self, acked: bool) {
+        self.health().record_verdict(acked, Instant::now());
+    }
+
+    /// A publish timed out: its caller got `504`, its verdict is pending.
+    pub fn begin_overdue(&self) {
+        self.health().begin_overdue(Instant::now());
+    }
+
+    /// An overdue publish's verdict came, or will never come.
+    pub fn end_overdue(&self) {
+        self.health().end_overdue();
+    }
+
+    /// Whether confirms are overdue: the broker or the link is stalled.
+    pub fn stalled(&self) -> bool {
+        self.health().overdue > 0
+    }
+
+    /// Why this link has stopped being useful for publishing, if it has,
+    /// judged over `limit`: confirms overdue all that time, or nothing but
+    /// nacks all that time (`nacks` only; with a length cap a nack may just
+    /// mean "full").
+    fn unproductive(&self, limit: Duration, nacks: bool) -> Option<&'static str> {
+        self.health().unproductive(limit, nacks, Instant::now())
     }
 
     /// Whether the connection (and the publisher channel, if any) is usable.
@@ -256,6 +330,40 @@ impl Backoff {
     }
 }
 
+/// When a publish-only bridge gives up on a link that is up but useless.
+///
+/// Seen on RabbitMQ 3.10: when a quorum queue's leader was killed, a channel
+/// opened during the election nacked every publish for 90 s and more while
+/// the new leader served other channels; and a queue that lost its majority
+/// leaves confirms pending for as long as that lasts. Another connection, to
+/// another node, recovers from the first, and does no harm in the second.
+#[derive(Debug, Clone, Copy)]
+struct Recycle {
+    /// How long a link may be stalled, or nack everything, before it is
+    /// dropped; doubled for each such drop in a row (up to 64 times), so
+    /// that a cause that outlives connections (a policy's length cap making
+    /// every nack "full") costs a reconnect every few minutes, not a storm.
+    after: Duration,
+    /// Whether nacks count: with a length cap they may just mean "full".
+    nacks: bool,
+}
+
+/// A session that lasted this long was healthy: the reconnect backoff
+/// starts over after it. A shorter one counts as a failed attempt, so a
+/// node that accepts and then drops every connection is not retried in a
+/// tight loop.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
+/// How a session ended.
+enum Ended {
+    /// `close` was cancelled: shut down.
+    Closed,
+    /// The connection or channel failed.
+    Lost,
+    /// Up, but no longer useful for publishing; says why.
+    Unproductive(&'static str),
+}
+
 /// Owns the connection: keeps one open while the bridge runs, and publishes
 /// it through [`SessionWatch`].
 pub struct Broker {
@@ -264,7 +372,7 @@ pub struct Broker {
     connect_timeout: Duration,
     topology: Topology,
     with_publisher: bool,
-    nack_limit: Option<Duration>,
+    recycle: Option<Recycle>,
     max_backoff: Duration,
     metrics: Metrics,
     sessions: watch::Sender<Option<Arc<Session>>>,
@@ -291,14 +399,13 @@ impl Broker {
             connect_timeout: config.connect_timeout,
             topology: Topology::from_config(config),
             with_publisher: config.has(Role::Publish),
-            // With no length cap a nack can't mean "full". A connection
-            // that gets nothing but nacks for a whole confirm timeout can't
-            // reach the queue: seen on RabbitMQ 3.10 when a quorum queue's
-            // leader was killed, a channel opened during the election
-            // nacked every publish for good while the new leader served
-            // others. Another connection (to another node) recovers.
-            nack_limit: (config.has(Role::Publish) && config.max_length.is_none())
-                .then_some(config.publish_timeout),
+            // Only a publish-only bridge (the producer's sidecar) drops a
+            // link for being unproductive: in a bridge that consumes too,
+            // that would also cut off the jobs in progress.
+            recycle: (config.has(Role::Publish) && !config.has(Role::Consume)).then_some(Recycle {
+                after: config.publish_timeout,
+                nacks: config.max_length.is_none(),
+            }),
             max_backoff: config.reconnect_max_backoff,
             metrics,
             sessions: watch::Sender::new(None),
@@ -322,6 +429,7 @@ impl Broker {
         // over the cluster rather than all landing on the first URL.
         let mut next = rand::rng().random_range(0..self.endpoints.len());
         let mut failures_in_a_row = 0;
+        let mut recycled_in_a_row = 0u32;
         loop {
             let current = next % self.endpoints.len();
             let endpoint = &self.endpoints[current];
@@ -335,7 +443,7 @@ impl Broker {
                 Err(e) => {
                     failures_in_a_row += 1;
                     // Another node may be up: try it at once. Wait only once
-                    // every node has failed since the last success.
+                    // every node has failed since the last healthy session.
                     if failures_in_a_row % self.endpoints.len() != 0 {
                         warn!(broker = %endpoint.label, error = %e, "broker unavailable; trying the next");
                         continue;
@@ -348,8 +456,6 @@ impl Broker {
                     }
                 }
             };
-            failures_in_a_row = 0;
-            backoff.reset();
             if connected_before {
                 self.metrics.reconnects.inc();
             }
@@ -363,22 +469,42 @@ impl Broker {
             info!(queue = %self.topology.queue, broker = %endpoint.label, "connected to the broker");
             let events = session.connection.events_listener();
             self.sessions.send_replace(Some(session.clone()));
+            let started = Instant::now();
+            let recycle = self.recycle.map(|r| Recycle {
+                after: r.after * 2u32.pow(recycled_in_a_row.min(6)),
+                ..r
+            });
 
-            let lost = tokio::select! {
-                () = close.cancelled() => false,
-                () = wait_for_loss(&session, events, self.nack_limit) => true,
+            let ended = tokio::select! {
+                () = close.cancelled() => Ended::Closed,
+                ended = wait_for_loss(&session, events, recycle) => ended,
             };
             // Withdraw the session first, so that no new work starts on it.
             self.sessions.send_replace(None);
             self.metrics.broker_up.set(0);
             connected.set(0);
-            if !lost {
-                if let Err(e) = session.connection.close(200, "shutdown".into()).await {
-                    debug!(error = %e, "closing the connection");
+            let reason = match ended {
+                Ended::Closed => {
+                    let closing = session.connection.close(200, "shutdown".into());
+                    match tokio::time::timeout(self.connect_timeout, closing).await {
+                        Ok(Err(e)) => debug!(error = %e, "closing the connection"),
+                        Err(_) => debug!("the broker did not answer the close in time"),
+                        Ok(Ok(())) => {}
+                    }
+                    info!("connection closed");
+                    break;
                 }
-                info!("connection closed");
-                break;
-            }
+                Ended::Lost => {
+                    if session.health().acked {
+                        recycled_in_a_row = 0;
+                    }
+                    "lost the broker connection"
+                }
+                Ended::Unproductive(why) => {
+                    recycled_in_a_row += 1;
+                    why
+                }
+            };
             // The next attempt goes to another node, picked at random: the
             // one that dropped us is the likeliest to be down, and a random
             // pick keeps the bridges spread out (stepping to the next in
@@ -388,10 +514,30 @@ impl Broker {
             if others > 0 {
                 next = current + 1 + rand::rng().random_range(0..others);
             }
-            warn!(broker = %endpoint.label, "lost the broker connection; reconnecting");
+            warn!(broker = %endpoint.label, reason, "reconnecting");
             // Close what is left of the old connection, so that its socket
-            // and channels don't linger.
-            let _ = session.connection.close(320, "reconnecting".into()).await;
+            // and channels don't linger; a wedged close must not stop the
+            // reconnect.
+            let _ = tokio::time::timeout(
+                self.connect_timeout,
+                session.connection.close(320, "reconnecting".into()),
+            )
+            .await;
+            if started.elapsed() >= HEALTHY_SESSION {
+                failures_in_a_row = 0;
+                backoff.reset();
+            } else {
+                // Short-lived: a failed attempt. Once every node has had
+                // one in a row, wait.
+                failures_in_a_row += 1;
+                if failures_in_a_row % self.endpoints.len() == 0 {
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = close.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
         }
         self.sessions.send_replace(None);
     }
@@ -436,20 +582,19 @@ impl Broker {
             endpoint: endpoint.label.clone(),
             connection,
             publisher,
-            overdue: AtomicUsize::new(0),
-            nacked_since: Mutex::new(None),
+            health: Mutex::default(),
         })
     }
 }
 
 /// Returns once the session is no longer usable: an error event from the
-/// connection, or (checked every second) a closed connection or channel, or
-/// nothing but nacks for `nack_limit`.
+/// connection, or (checked every second) a closed connection or channel;
+/// or, with `recycle`, once it has been unproductive for too long.
 async fn wait_for_loss(
     session: &Session,
     events: impl futures::Stream<Item = Event>,
-    nack_limit: Option<Duration>,
-) {
+    recycle: Option<Recycle>,
+) -> Ended {
     let mut events = std::pin::pin!(events);
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -457,20 +602,20 @@ async fn wait_for_loss(
             event = events.next() => match event {
                 Some(Event::Error(e)) => {
                     warn!(error = %e, "connection error");
-                    return;
+                    return Ended::Lost;
                 }
                 Some(event) => debug!(?event, "connection event"),
-                None => return,
+                None => return Ended::Lost,
             },
             _ = check.tick() => {
                 if !session.usable() {
-                    return;
+                    return Ended::Lost;
                 }
-                if let (Some(limit), Some(nacked)) = (nack_limit, session.nacked_for())
-                    && nacked >= limit
+                if let Some(recycle) = recycle
+                    && let Some(why) = session.unproductive(recycle.after, recycle.nacks)
                 {
-                    warn!(broker = %session.endpoint, ?nacked, "every publish nacked; moving to another node");
-                    return;
+                    warn!(broker = %session.endpoint, why, after = ?recycle.after, "the link is up but useless; moving to another node");
+                    return Ended::Unproductive(why);
                 }
             }
         }
@@ -568,6 +713,59 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_link_is_unproductive_only_when_stalled_or_nacking_all_along() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(2);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut health = Health::default();
+        assert_eq!(health.unproductive(limit, true, at(10_000)), None);
+
+        // Stalled: overdue since t0, judged at 1.9 s and at 2 s.
+        health.begin_overdue(at(0));
+        health.begin_overdue(at(500));
+        assert_eq!(health.unproductive(limit, true, at(1_900)), None);
+        assert_eq!(
+            health.unproductive(limit, true, at(2_000)),
+            Some("confirms overdue")
+        );
+        health.end_overdue();
+        assert_eq!(
+            health.unproductive(limit, true, at(2_000)),
+            Some("confirms overdue")
+        );
+        health.end_overdue();
+        assert_eq!(health.unproductive(limit, true, at(2_000)), None);
+
+        // Nacks: one and then silence is no pattern; three spanning the
+        // limit, the last one recent, are; an ack in between starts over.
+        let mut health = Health::default();
+        health.record_verdict(false, at(0));
+        assert_eq!(health.unproductive(limit, true, at(5_000)), None);
+        health.record_verdict(false, at(1_000));
+        health.record_verdict(false, at(2_500));
+        assert_eq!(
+            health.unproductive(limit, true, at(2_600)),
+            Some("every publish nacked")
+        );
+        assert_eq!(
+            health.unproductive(limit, false, at(2_600)),
+            None,
+            "nacks off: a cap"
+        );
+        assert_eq!(
+            health.unproductive(limit, true, at(4_600)),
+            None,
+            "the last nack is old"
+        );
+        health.record_verdict(true, at(2_700));
+        health.record_verdict(false, at(2_800));
+        health.record_verdict(false, at(2_900));
+        health.record_verdict(false, at(3_000));
+        assert_eq!(health.unproductive(limit, true, at(3_100)), None);
+        assert!(health.acked);
     }
 
     #[test]

@@ -199,7 +199,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn new(uri: AMQPUri) -> Self {
-        let label = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let host = &uri.authority.host;
+        let label = if host.contains(':') {
+            format!("[{host}]:{}", uri.authority.port)
+        } else {
+            format!("{host}:{}", uri.authority.port)
+        };
         Self { uri, label }
     }
 }
@@ -249,10 +254,22 @@ impl Config {
     pub fn endpoints(&self) -> Result<Vec<Endpoint>, String> {
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(self.amqp_urls.len());
         for (n, url) in self.amqp_urls.iter().enumerate() {
+            let url = url.trim();
+            if url.is_empty() {
+                return Err(format!("URL {} is empty (a stray comma?)", n + 1));
+            }
             let mut uri: AMQPUri = url
-                .trim()
                 .parse()
                 .map_err(|_| format!("URL {} is not an amqp:// or amqps:// URL", n + 1))?;
+            // amq-protocol-uri reads the host as a domain name, and an IPv6
+            // literal has none: it would connect to `localhost` instead.
+            if let Some(v6) = reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .and_then(|h| h.strip_prefix('[')?.strip_suffix(']').map(str::to_owned))
+            {
+                uri.authority.host = v6;
+            }
             if let Some(username) = &self.amqp_username {
                 uri.authority.userinfo.username.clone_from(username);
             }
@@ -260,7 +277,10 @@ impl Config {
                 uri.authority.userinfo.password.clone_from(password);
             }
             let endpoint = Endpoint::new(uri);
-            if endpoints.iter().any(|e| e.label == endpoint.label) {
+            if endpoints
+                .iter()
+                .any(|e| e.label.eq_ignore_ascii_case(&endpoint.label))
+            {
                 return Err(format!("lists {} twice", endpoint.label));
             }
             endpoints.push(endpoint);
@@ -403,6 +423,18 @@ mod tests {
     }
 
     #[test]
+    fn ip_literals_are_kept_and_labelled() {
+        let config = parse(&[
+            "--amqp-url",
+            "amqp://[fd00::1]:5673/%2f,amqp://10.0.0.2/%2f",
+        ]);
+        let endpoints = config.endpoints().expect("endpoints");
+        assert_eq!(endpoints[0].uri.authority.host, "fd00::1");
+        assert_eq!(endpoints[0].label, "[fd00::1]:5673");
+        assert_eq!(endpoints[1].label, "10.0.0.2:5672");
+    }
+
+    #[test]
     fn a_bad_broker_list_is_refused_without_echoing_it() {
         let err = parse(&["--amqp-url", "amqp://u:secret@n1/%2f,http://u:secret@n2"])
             .validate()
@@ -414,6 +446,14 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.reason.contains("n1:5672 twice"), "{}", err.reason);
+        let err = parse(&["--amqp-url", "amqp://n1/%2f,"])
+            .validate()
+            .unwrap_err();
+        assert!(err.reason.contains("URL 2 is empty"), "{}", err.reason);
+        let err = parse(&["--amqp-url", "amqp://N1/%2f,amqp://n1/%2f"])
+            .validate()
+            .unwrap_err();
+        assert!(err.reason.contains("twice"), "{}", err.reason);
         let err = parse(&["--quorum-initial-group-size", "0"])
             .validate()
             .unwrap_err();

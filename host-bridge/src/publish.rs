@@ -19,7 +19,6 @@
 //! confirm channel belong to `broker`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -200,7 +199,7 @@ impl PublishApi {
         if session.blocked() {
             return Some(PublishError::Blocked("memory or disk alarm".into()));
         }
-        if session.overdue.load(Ordering::SeqCst) > 0 {
+        if session.stalled() {
             return Some(PublishError::Stalled);
         }
         None
@@ -278,7 +277,7 @@ impl PublishApi {
                 std::io::Error::other(panicked.to_string()),
             ))),
             Err(_) => {
-                session.overdue.fetch_add(1, Ordering::SeqCst);
+                session.begin_overdue();
                 tokio::spawn(settle_late(
                     id.to_owned(),
                     verdict,
@@ -318,8 +317,17 @@ async fn settle_late(
 ) {
     let replaced = sessions.wait_for(|s| !s.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sent_on)));
     let label = tokio::select! {
+        // A verdict that is in counts, even if the session went meanwhile.
+        biased;
         settled = &mut verdict => match settled {
-            Ok(Verdict::Sent(Ok(Confirmation::Ack(None)))) => "confirmed",
+            Ok(Verdict::Sent(Ok(Confirmation::Ack(None)))) => {
+                sent_on.record_verdict(true);
+                "confirmed"
+            }
+            Ok(Verdict::Sent(Ok(Confirmation::Nack(_)))) => {
+                sent_on.record_verdict(false);
+                "refused"
+            }
             Ok(Verdict::Sent(Ok(_))) => "refused",
             Ok(Verdict::NotSent(_)) => "refused",
             Ok(Verdict::Sent(Err(_))) | Err(_) => "lost",
@@ -329,7 +337,7 @@ async fn settle_late(
             "lost"
         }
     };
-    sent_on.overdue.fetch_sub(1, Ordering::SeqCst);
+    sent_on.end_overdue();
     metrics
         .publish_late_verdicts
         .with_label_values(&[label])
