@@ -15,8 +15,10 @@ K8S_VERSION ?= 1.33.0
 export AMQP_URL
 
 # wasmtime-cli at the pinned version: the one on PATH if it matches, else a
-# project-local install under .tools/.
-WASMTIME := $(shell command -v wasmtime >/dev/null 2>&1 && wasmtime --version | grep -q ' $(WASMTIME_VERSION) ' && echo wasmtime || echo $(TOOLS)/bin/wasmtime)
+# per-user install under ~/.cache, built once (minutes) and shared by every
+# clone of the project, as cargo shares its registry.
+WASMTIME_ROOT ?= $(HOME)/.cache/wasm-jobs/wasmtime-$(WASMTIME_VERSION)
+WASMTIME := $(shell command -v wasmtime >/dev/null 2>&1 && wasmtime --version | grep -q ' $(WASMTIME_VERSION) ' && echo wasmtime || echo $(WASMTIME_ROOT)/bin/wasmtime)
 
 .PHONY: help
 help: ## List the targets
@@ -37,12 +39,12 @@ rabbitmq: ## Make sure RabbitMQ answers at AMQP_URL (start or install it locally
 	@scripts/rabbitmq.sh
 
 .PHONY: wasmtime
-wasmtime: ## Install wasmtime-cli $(WASMTIME_VERSION) under .tools/ unless it is on PATH
-	@if [ "$(WASMTIME)" = wasmtime ] || [ -x "$(TOOLS)/bin/wasmtime" ]; then \
+wasmtime: ## Install wasmtime-cli $(WASMTIME_VERSION) under ~/.cache unless it is on PATH
+	@if [ "$(WASMTIME)" = wasmtime ] || [ -x "$(WASMTIME_ROOT)/bin/wasmtime" ]; then \
 	  echo "wasmtime: $$($(WASMTIME) --version)"; \
 	else \
 	  echo "wasmtime: installing wasmtime-cli $(WASMTIME_VERSION) (a few minutes, once)"; \
-	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(TOOLS) --target-dir target/tools; \
+	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(WASMTIME_ROOT) --target-dir target/tools; \
 	fi
 
 ##@ Build
@@ -147,10 +149,10 @@ undeploy: ## Remove the app (keeps the Helm releases and the operator); BROKER=h
 ##@ Test
 
 .PHONY: test
-test: check-make wasm rabbitmq test-tools lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ and .wasm
+test: check-make wasm rabbitmq wasmtime test-tools lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ, .wasm and wasmtime serve
 	$(CARGO) build -p host-bridge
 	@mkdir -p target
-	$(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests -- --show-output 2>&1 | tee target/test.log
+	WASMTIME=$(WASMTIME) $(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests -- --show-output 2>&1 | tee target/test.log
 	$(CARGO) build -p bench
 	@target/debug/bench --smoke --bridge target/debug/host-bridge > target/bench-smoke.log 2>&1 || { cat target/bench-smoke.log; exit 1; }
 	@echo "bench: smoke run OK (target/bench-smoke.md)"

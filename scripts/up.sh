@@ -54,16 +54,22 @@ else
   # The same environment spin.toml gives the components. -Scli provides
   # the wasi:cli imports (environment, stderr) that plain proxies lack.
   # -O pooling-allocator=n: the pooling allocator's fixed 1,000 instances
-  # turn overload into the runtime's own text/html 500s. On demand, overload
+  # turn overload into the runtime's own text/html 500s (e2e/tests/stress.rs
+  # saw 1,043 of 2,000 at once, none of them queued). On demand, overload
   # becomes latency, and the bridge's in-flight cap (MAX_PUBLISHES_IN_FLIGHT)
   # answers 503 JSON with Retry-After.
-  setsid "$WASMTIME" serve -Scli -O pooling-allocator=n --addr "$HTTP_ADDR" \
+  # --max-concurrent-requests 256: guests at once, each an instance with its
+  # own memory: the runtime's memory bound (wasmtime's default is 1,000).
+  # More requests wait for a turn, on at most --max-concurrent-connections
+  # 1024 connections; past those the kernel's backlog holds them.
+  serve_flags=(-Scli -O pooling-allocator=n --max-concurrent-requests 256 --max-concurrent-connections 1024)
+  setsid "$WASMTIME" serve "${serve_flags[@]}" --addr "$HTTP_ADDR" \
     --env BRIDGE_PUBLISH_URL=http://127.0.0.1:9091/v1/publish \
     --env BRIDGE_OBSERVE_URL=http://127.0.0.1:9091/v1/observe \
     --env BRIDGE_TIMEOUT_MS=7000 \
     "$WASM_DIR/producer.wasm" &
   pids+=($!)
-  setsid "$WASMTIME" serve -Scli -O pooling-allocator=n --addr "$WORKER_ADDR" \
+  setsid "$WASMTIME" serve "${serve_flags[@]}" --addr "$WORKER_ADDR" \
     --env WORK_DURATION_MS="$WORK_DURATION_MS" \
     "$WASM_DIR/worker.wasm" &
   pids+=($!)

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use e2e::process::{BridgeProcess, free_port};
+use e2e::process::BridgeProcess;
 use serde_json::json;
-use tokio::process::{Child, Command};
 
 use crate::load::MakeRequest;
 use crate::raw::Raw;
@@ -48,40 +47,29 @@ pub struct Options {
     pub prefetch: Vec<u16>,
 }
 
-/// A served component: a `wasmtime serve` process or an in-process host.
+/// A served component: a `wasmtime serve` process (with `make up`'s flags)
+/// or an in-process host.
 enum Served {
-    Process(#[allow(dead_code)] Child, String),
+    Process(e2e::runtime::WasmtimeServe),
     InProcess(e2e::wasm::ServedComponent),
 }
 
 impl Served {
     fn url(&self, path: &str) -> String {
         match self {
-            Served::Process(_, base) => format!("{base}{path}"),
+            Served::Process(p) => p.url(path),
             Served::InProcess(c) => c.url(path),
         }
     }
 }
 
 async fn serve(options: &Options, name: &str, env: &[(&str, &str)]) -> Result<Served> {
-    let Some(wasmtime) = &options.wasmtime else {
-        return Ok(Served::InProcess(e2e::wasm::serve(name, env).await?));
-    };
-    let port = free_port()?;
-    let mut command = Command::new(wasmtime);
-    command.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")]);
-    for (k, v) in env {
-        command.arg("--env").arg(format!("{k}={v}"));
-    }
-    let child = command
-        .arg(e2e::wasm::wasm_path(name))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("failed to run {}", wasmtime.display()))?;
-    e2e::wait_for_port("wasmtime serve to listen", port, Duration::from_secs(30)).await;
-    Ok(Served::Process(child, format!("http://127.0.0.1:{port}")))
+    Ok(match &options.wasmtime {
+        Some(wasmtime) => {
+            Served::Process(e2e::runtime::WasmtimeServe::start_with(wasmtime, name, env).await?)
+        }
+        None => Served::InProcess(e2e::wasm::serve(name, env).await?),
+    })
 }
 
 fn queue_name(case: &str) -> String {

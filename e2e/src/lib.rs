@@ -14,6 +14,7 @@ pub mod private_broker;
 pub mod process;
 pub mod prometheus;
 pub mod rig;
+pub mod runtime;
 pub mod standin;
 pub mod wasm;
 

@@ -39,6 +39,17 @@ pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     Ok(ports)
 }
 
+/// The peak resident memory (`VmHWM`) of process `pid` so far, in bytes.
+pub fn peak_rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")?;
+    Ok(kib * 1024)
+}
+
 /// A host-bridge child process.
 pub struct BridgeProcess {
     child: Child,
@@ -129,14 +140,7 @@ impl BridgeProcess {
 
     /// Its peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
-        let pid = self.child.id().context("the process has exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/<pid>/status")?;
-        Ok(kib * 1024)
+        peak_rss_of(self.child.id().context("the process has exited")?)
     }
 
     /// Its process id.

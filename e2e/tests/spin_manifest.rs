@@ -119,3 +119,20 @@ fn image_manifests_configure_each_component_as_the_local_app_does() -> Result<()
     }
     Ok(())
 }
+
+/// The tests run `wasmtime serve` as `make up` does: `scripts/up.sh` gives
+/// both components exactly [`e2e::runtime::SERVE_FLAGS`].
+#[test]
+fn the_tests_serve_with_the_flags_make_up_uses() -> Result<()> {
+    let script = std::fs::read_to_string(format!("{ROOT}/scripts/up.sh"))?;
+    let flags = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("serve_flags=("))
+        .and_then(|l| l.strip_suffix(')'))
+        .context("a serve_flags=(...) line in up.sh")?;
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    assert_eq!(flags, e2e::runtime::SERVE_FLAGS);
+    let uses = script.matches(r#"serve "${serve_flags[@]}""#).count();
+    assert_eq!(uses, 2, "both components are served with them");
+    Ok(())
+}

@@ -989,28 +989,19 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false_503() -> Result<()>
-{
-    let queue = unique_queue("stress-overload");
-    let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
-    let producer = wasm::serve(
-        "producer",
-        &[
-            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
-            ("BRIDGE_OBSERVE_URL", "off"),
-        ],
-    )
-    .await?;
-    let url = producer.url("/generate");
+/// `count` clients send one `GET /generate` each (ids `{prefix}-{n}` as
+/// `Idempotency-Key`), all at once. Every answer must be JSON, with
+/// `Retry-After` unless it is a 202, within 60 s.
+async fn burst(url: &str, prefix: &str, count: usize) -> Result<Answers> {
     let mut clients = Vec::new();
-    let gate = Arc::new(tokio::sync::Barrier::new(2_000));
-    for n in 0..2_000 {
-        let (url, gate) = (url.clone(), gate.clone());
+    let gate = Arc::new(tokio::sync::Barrier::new(count));
+    for n in 0..count {
+        let (url, gate) = (url.to_owned(), gate.clone());
+        let id = format!("{prefix}-{n}");
         clients.push(tokio::spawn(async move {
-            let id = format!("over-{n}");
             let http = reqwest::Client::new();
             gate.wait().await;
+            let started = Instant::now();
             let response = http
                 .get(&url)
                 .header("idempotency-key", &id)
@@ -1028,17 +1019,33 @@ async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false
                 status == 202 || retry_after,
                 "{id}: {status} without Retry-After"
             );
-            (
-                id,
-                (status, body["error"].as_str().unwrap_or("").to_owned()),
-            )
+            let code = body["error"].as_str().unwrap_or("").to_owned();
+            (id, (status, code), started.elapsed())
         }));
     }
     let mut answers = Answers::default();
     for client in clients {
-        let (id, answer) = client.await?;
+        let (id, answer, took) = client.await?;
+        answers.slowest = answers.slowest.max(took);
         answers.by_id.insert(id, answer);
     }
+    Ok(answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false_503() -> Result<()>
+{
+    let queue = unique_queue("stress-overload");
+    let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
+    let producer = wasm::serve(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", "off"),
+        ],
+    )
+    .await?;
+    let answers = burst(&producer.url("/generate"), "over", 2_000).await?;
     let peak = bridge.peak_rss()?;
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
@@ -1067,6 +1074,86 @@ async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false
         answers.codes()
     );
     producer.shutdown().await;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+/// Overload through the real local runtime: the producer under `wasmtime
+/// serve` with `scripts/up.sh`'s flags, reporting its answers to the
+/// bridge as `make up` does, 2,000 requests at once (twice wasmtime serve's
+/// default of 1,000 concurrent connections and requests). Every answer is
+/// JSON 202, 503 or 504, none is the runtime's own page, and what the
+/// producer says it answered is what the clients received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer_gave() -> Result<()>
+{
+    let queue = unique_queue("stress-serve");
+    let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
+    let producer = e2e::runtime::WasmtimeServe::start(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
+            ("BRIDGE_TIMEOUT_MS", "7000"),
+        ],
+    )
+    .await?;
+    let answers = burst(&producer.url("/generate"), "serve", 2_000).await?;
+    let inspector = Inspector::connect().await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    // The producer's own count of its answers, from its reports: each
+    // arrives after its answer is complete, so wait for all 2,000.
+    let reported = |status: &'static str| {
+        let bridge = &bridge;
+        async move {
+            bridge
+                .metric(
+                    "host_bridge_producer_responses_total",
+                    &[("route", "/generate"), ("status", status)],
+                )
+                .await
+        }
+    };
+    e2e::eventually(
+        "the producer's reports of all 2,000 answers",
+        Duration::from_secs(60),
+        || async {
+            let sum = bridge
+                .metric(
+                    "host_bridge_producer_responses_total",
+                    &[("route", "/generate")],
+                )
+                .await;
+            (sum >= 2_000.0).then_some(())
+        },
+    )
+    .await;
+    let (said_202, got_202) = (reported("202").await, answers.ids(202).len() as f64);
+    tally.report(
+        "overload under wasmtime serve (2,000 at once)",
+        &format!(
+            "; answers {:?}; the producer reported {said_202} × 202, clients got {got_202}; \
+             slowest {:?}; wasmtime serve peak RSS {:.1} MiB, bridge {:.1} MiB",
+            answers.codes(),
+            answers.slowest,
+            producer.peak_rss()? as f64 / 1048576.0,
+            bridge.peak_rss()? as f64 / 1048576.0,
+        ),
+    );
+    tally.assert_honest();
+    assert!(
+        answers
+            .by_id
+            .values()
+            .all(|(s, _)| matches!(s, 202 | 503 | 504)),
+        "{:?}",
+        answers.codes()
+    );
+    assert_eq!(
+        said_202, got_202,
+        "a 202 the producer gave that a caller never got"
+    );
     inspector.delete_topology(&queue).await?;
     Ok(())
 }

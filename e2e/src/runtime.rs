@@ -1,0 +1,93 @@
+//! The components under the real `wasmtime serve` (wasmtime-cli), run the
+//! way `scripts/up.sh` runs them when spin is not on PATH: the local
+//! runtime, not the test's own wasmtime host ([`crate::wasm`]).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::process::free_port;
+
+/// The flags `scripts/up.sh` gives `wasmtime serve`, besides `--addr` and
+/// `--env` (a test in `spin_manifest.rs` keeps the two in step); up.sh says
+/// why each is there.
+pub const SERVE_FLAGS: &[&str] = &[
+    "-Scli",
+    "-O",
+    "pooling-allocator=n",
+    "--max-concurrent-requests",
+    "256",
+    "--max-concurrent-connections",
+    "1024",
+];
+
+/// wasmtime-cli: `WASMTIME` (which `make test` sets to the one `make
+/// wasmtime` installed), else the one on PATH.
+pub fn wasmtime_binary() -> PathBuf {
+    std::env::var_os("WASMTIME").map_or_else(|| "wasmtime".into(), PathBuf::from)
+}
+
+/// A `wasmtime serve` process serving one component.
+pub struct WasmtimeServe {
+    child: Child,
+    port: u16,
+}
+
+impl WasmtimeServe {
+    /// Serves the built component `name` (`producer` or `worker`) with
+    /// `env`, on a free port, and waits until it listens.
+    pub async fn start(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with(&wasmtime_binary(), name, env).await
+    }
+
+    /// The same, with a given wasmtime-cli binary.
+    pub async fn start_with(
+        binary: &std::path::Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .args(SERVE_FLAGS)
+            .args(["--addr", &format!("127.0.0.1:{port}")]);
+        for (k, v) in env {
+            command.arg("--env").arg(format!("{k}={v}"));
+        }
+        let mut child = command
+            .arg(crate::wasm::wasm_path(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "failed to run {} (make wasmtime installs it)",
+                    binary.display()
+                )
+            })?;
+        let listening = async {
+            crate::wait_for_port("wasmtime serve to listen", port, Duration::from_secs(60)).await
+        };
+        tokio::select! {
+            () = listening => Ok(Self { child, port }),
+            exited = child.wait() => bail!("wasmtime serve exited at start: {exited:?}"),
+        }
+    }
+
+    /// The URL of `path` on it.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Its peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("wasmtime serve has exited")?;
+        crate::process::peak_rss_of(pid)
+    }
+}
