@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole local path: RabbitMQ, host-bridge (both roles) and the two
 # components, under `spin up` when spin is on PATH, else `wasmtime serve`.
-# Ctrl-C stops everything: the bridge drains first, nothing is left running.
+#
+# Ctrl-C (or SIGTERM, or SIGHUP from a closed terminal) stops everything in
+# order: the bridge drains first, then the components. A second Ctrl-C
+# during that stops everything at once. Nothing outlives this script, even
+# when it is SIGKILLed: every part has a parent-death signal.
 # Expects `make build` to have run (make up does it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,16 +13,75 @@ cd "$(dirname "$0")/.."
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:3000}
 WORKER_ADDR=${WORKER_ADDR:-127.0.0.1:3001}
+export PUBLISH_ADDR=${PUBLISH_ADDR:-127.0.0.1:9091}
+export ADMIN_ADDR=${ADMIN_ADDR:-0.0.0.0:9090}
 WORK_DURATION_MS=${WORK_DURATION_MS:-5000}
 WASMTIME=${WASMTIME:-wasmtime}
 WASM_DIR=target/wasm32-wasip2/release
-BRIDGE=target/release/host-bridge
+BRIDGE=${BRIDGE:-target/release/host-bridge}
+# How long the second signal gives the bridge to close its connection
+# before everything left is killed. Its unacked jobs go back to the queue
+# either way.
+HURRY_SECS=${HURRY_SECS:-3}
 
-pids=()
+if command -v spin >/dev/null 2>&1; then
+  runner=spin
+  worker_url="http://$HTTP_ADDR/work"
+  addrs=("$HTTP_ADDR" "$PUBLISH_ADDR" "$ADMIN_ADDR")
+else
+  runner=wasmtime
+  worker_url="http://$WORKER_ADDR/"
+  addrs=("$HTTP_ADDR" "$WORKER_ADDR" "$PUBLISH_ADDR" "$ADMIN_ADDR")
+fi
+
+# A port already taken (often by a stack left from before) would make one
+# part fail after the others started: say which, and who holds it, first.
+for addr in "${addrs[@]}"; do
+  port=${addr##*:}
+  holder=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:(("[^"]*",pid=[0-9]*' | head -n 1 |
+    sed -E 's/users:\(\("([^"]*)",pid=([0-9]*)/\1 (pid \2)/' || true)
+  if [ -n "$holder" ] || ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+    echo "up: port $port is taken by ${holder:-another process}; stop it first" >&2
+    exit 1
+  fi
+done
+
+pids=() # the bridge first, then the components
+
+# Starts one part in its own session (setsid), so that a terminal's Ctrl-C
+# reaches only this script, which stops the parts in order; with a
+# parent-death signal (setpriv --pdeathsig), so that if this script dies in
+# any way the kernel sends the part SIGTERM. setpriv sets it, then execs
+# setsid, which (not being a group leader) execs the part in the same
+# process: the setting survives both execs.
+start() {
+  setpriv --pdeathsig TERM -- setsid "$@" &
+  pids+=($!)
+}
+
+# A second signal during the ordered stop: the bridge gets its SIGTERM (it
+# may have it already), the rest are killed, and the bridge too after
+# HURRY_SECS.
+hurry() {
+  trap '' INT TERM HUP
+  echo "up: second signal: stopping everything now" >&2
+  kill -TERM "${pids[0]}" 2>/dev/null || true
+  kill -KILL "${pids[@]:1}" 2>/dev/null || true
+  for _ in $(seq $((HURRY_SECS * 10))); do
+    kill -0 "${pids[0]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  trap - EXIT
+  exit 130
+}
+
 stop() {
-  trap - INT TERM EXIT
+  trap hurry INT TERM HUP
+  trap - EXIT
   if [ ${#pids[@]} -gt 0 ]; then
-    echo "up: stopping (the bridge drains in-flight jobs first)"
+    echo "up: stopping (the bridge drains in-flight jobs first; Ctrl-C again to stop at once)"
     # The bridge first, so that it stops consuming and finishes its job while
     # the worker is still there to do it; then the components.
     kill -TERM "${pids[0]}" 2>/dev/null || true
@@ -27,28 +90,16 @@ stop() {
     wait 2>/dev/null || true
   fi
 }
-# Ctrl-C or SIGTERM is a requested stop: clean up and exit 0.
-trap 'stop; exit 0' INT TERM
+# Ctrl-C, SIGTERM or SIGHUP is a requested stop: clean up and exit 0.
+trap 'stop; exit 0' INT TERM HUP
 trap stop EXIT
 
-if command -v spin >/dev/null 2>&1; then
-  runner=spin
-  worker_url="http://$HTTP_ADDR/work"
-else
-  runner=wasmtime
-  worker_url="http://$WORKER_ADDR/"
-fi
-
-echo "up: host-bridge (publish on 127.0.0.1:9091, admin on :9090) -> worker at $worker_url"
-# Each part runs in its own session (setsid), so that a terminal's Ctrl-C
-# reaches only this script, which then stops them in order.
-WORKER_URL=$worker_url setsid "$BRIDGE" &
-pids+=($!)
+echo "up: host-bridge (publish on $PUBLISH_ADDR, admin on $ADMIN_ADDR) -> worker at $worker_url"
+WORKER_URL=$worker_url start "$BRIDGE"
 
 if [ "$runner" = spin ]; then
   echo "up: spin up on $HTTP_ADDR"
-  setsid spin up --listen "$HTTP_ADDR" --env WORK_DURATION_MS="$WORK_DURATION_MS" &
-  pids+=($!)
+  start spin up --listen "$HTTP_ADDR" --env WORK_DURATION_MS="$WORK_DURATION_MS"
 else
   echo "up: wasmtime serve: producer on $HTTP_ADDR, worker on $WORKER_ADDR (spin is not on PATH)"
   # The same environment spin.toml gives the components. -Scli provides
@@ -63,16 +114,14 @@ else
   # More requests wait for a turn, on at most --max-concurrent-connections
   # 1024 connections; past those the kernel's backlog holds them.
   serve_flags=(-Scli -O pooling-allocator=n --max-concurrent-requests 256 --max-concurrent-connections 1024)
-  setsid "$WASMTIME" serve "${serve_flags[@]}" --addr "$HTTP_ADDR" \
-    --env BRIDGE_PUBLISH_URL=http://127.0.0.1:9091/v1/publish \
-    --env BRIDGE_OBSERVE_URL=http://127.0.0.1:9091/v1/observe \
+  start "$WASMTIME" serve "${serve_flags[@]}" --addr "$HTTP_ADDR" \
+    --env BRIDGE_PUBLISH_URL="http://$PUBLISH_ADDR/v1/publish" \
+    --env BRIDGE_OBSERVE_URL="http://$PUBLISH_ADDR/v1/observe" \
     --env BRIDGE_TIMEOUT_MS=7000 \
-    "$WASM_DIR/producer.wasm" &
-  pids+=($!)
-  setsid "$WASMTIME" serve "${serve_flags[@]}" --addr "$WORKER_ADDR" \
+    "$WASM_DIR/producer.wasm"
+  start "$WASMTIME" serve "${serve_flags[@]}" --addr "$WORKER_ADDR" \
     --env WORK_DURATION_MS="$WORK_DURATION_MS" \
-    "$WASM_DIR/worker.wasm" &
-  pids+=($!)
+    "$WASM_DIR/worker.wasm"
 fi
 
 echo "up: try   curl -i http://$HTTP_ADDR/generate   (Ctrl-C to stop)"
