@@ -134,6 +134,20 @@ impl Rig {
         sum
     }
 
+    /// Publishes not confirmed (refused unsent, nacked, returned or outcome
+    /// unknown) over both publishers.
+    async fn unconfirmed(&self) -> f64 {
+        let mut sum = 0.0;
+        for p in &self.publishers {
+            for outcome in ["refused", "rejected", "unroutable", "unknown"] {
+                sum += p
+                    .metric("host_bridge_published_total", &[("outcome", outcome)])
+                    .await;
+            }
+        }
+        sum
+    }
+
     /// Waits until both publishers together have `more` confirmed
     /// publishes beyond what they have now.
     async fn wait_confirmed(&self, more: f64) {
@@ -401,28 +415,13 @@ async fn c_a_minority_left_refuses_promptly_never_a_false_202_and_recovers() -> 
         },
     )
     .await;
-    // Refusals for a while: long enough for several heartbeats and
-    // reconnect attempts to have run into the minority.
-    let refused_before = rig
-        .publishers
-        .iter()
-        .map(|p| p.metric("host_bridge_published_total", &[("outcome", "refused")]));
-    let mut base = 0.0;
-    for f in refused_before {
-        base += f.await;
-    }
+    // Refusals for a while: long enough for several heartbeats, reconnect
+    // attempts and recycled links to have run into the minority.
+    let base = rig.unconfirmed().await;
     e2e::eventually(
-        "200 refusals in the minority",
+        "200 answers other than 202 in the minority",
         Duration::from_secs(60),
-        || async {
-            let mut refused = 0.0;
-            for p in &rig.publishers {
-                refused += p
-                    .metric("host_bridge_published_total", &[("outcome", "refused")])
-                    .await;
-            }
-            (refused >= base + 200.0).then_some(())
-        },
+        || async { (rig.unconfirmed().await >= base + 200.0).then_some(()) },
     )
     .await;
     let returning = Instant::now();
