@@ -378,3 +378,29 @@ async fn worker_does_the_work_and_refuses_what_it_cannot_parse() -> Result<()> {
     assert_eq!(response.json::<job::ErrorBody>().await?.error, "bad_config");
     Ok(())
 }
+
+/// Under the real `wasmtime serve` (what `make up` runs without spin), every
+/// path but `/generate` gets the producer's JSON 404, as under `spin up`
+/// with the catch-all route (`spin_manifest.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_get_a_json_404_under_wasmtime_serve() -> Result<()> {
+    let producer = e2e::runtime::WasmtimeServe::start(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", "http://127.0.0.1:9/v1/publish"),
+            ("BRIDGE_OBSERVE_URL", "off"),
+        ],
+    )
+    .await?;
+    for path in ["/", "/nope", "/generate/x", "/generatex", "/work"] {
+        let response = reqwest::get(producer.url(path)).await?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+    }
+    Ok(())
+}

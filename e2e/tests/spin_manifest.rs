@@ -73,16 +73,7 @@ fn producer_may_reach_exactly_the_bridge() -> Result<()> {
 
 #[test]
 fn the_bridge_pushes_to_the_workers_route() -> Result<()> {
-    let manifest = manifest()?;
-    let routes: Vec<(String, String)> = manifest["trigger"]["http"]
-        .as_array()
-        .context("[[trigger.http]]")?
-        .iter()
-        .map(|t| {
-            let get = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
-            (get("route"), get("component"))
-        })
-        .collect();
+    let routes = routes(&manifest()?)?;
     assert!(
         routes.contains(&("/generate".into(), "producer".into())),
         "{routes:?}"
@@ -134,5 +125,39 @@ fn the_tests_serve_with_the_flags_make_up_uses() -> Result<()> {
     assert_eq!(flags, e2e::runtime::SERVE_FLAGS);
     let uses = script.matches(r#"serve "${serve_flags[@]}""#).count();
     assert_eq!(uses, 2, "both components are served with them");
+    Ok(())
+}
+
+/// The routes of a Spin manifest, as (route, component).
+fn routes(manifest: &Value) -> Result<Vec<(String, String)>> {
+    Ok(manifest["trigger"]["http"]
+        .as_array()
+        .context("[[trigger.http]]")?
+        .iter()
+        .map(|t| {
+            let get = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+            (get("route"), get("component"))
+        })
+        .collect())
+}
+
+/// Under `spin up` (and in the producer's image) every path that is not
+/// `/generate` or `/work` reaches the producer, whose answer is a JSON 404
+/// (`components.rs` checks that answer), never Spin's empty one.
+#[test]
+fn unknown_paths_reach_the_producer_in_every_app() -> Result<()> {
+    let catch_all = ("/...".to_owned(), "producer".to_owned());
+    let local = routes(&manifest()?)?;
+    assert!(local.contains(&catch_all), "{local:?}");
+    let text = std::fs::read_to_string(format!("{ROOT}/components/producer/spin.toml"))?;
+    let image = routes(&toml::from_str(&text)?)?;
+    assert!(image.contains(&catch_all), "{image:?}");
+    // Nothing else catches all: the worker is reached at /work only.
+    assert!(
+        local
+            .iter()
+            .all(|(r, c)| c == "producer" || !r.contains("...")),
+        "{local:?}"
+    );
     Ok(())
 }
