@@ -10,6 +10,7 @@ pub mod admin;
 pub mod amqp;
 pub mod bridge;
 pub mod cluster;
+pub mod load;
 pub mod private_broker;
 pub mod process;
 pub mod prometheus;

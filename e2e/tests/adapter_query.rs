@@ -16,6 +16,7 @@ use e2e::bridge::RunningBridge;
 use e2e::cluster::Cluster;
 use e2e::private_broker::PrivateBroker;
 use e2e::prometheus::Prometheus;
+use e2e::rig::{job, publish_to};
 use e2e::standin::StandIn;
 use serde_json::{Value, json};
 
@@ -58,6 +59,20 @@ fn adapter_rule() -> Result<Value> {
     ))?;
     let values: Value = serde_yaml_ng::from_str(&text)?;
     Ok(values["rules"]["external"][0].clone())
+}
+
+/// Publishes `count` jobs through `bridge`, each of which must be accepted.
+async fn publish_accepted(bridge: &RunningBridge, prefix: &str, count: u32) -> Result<()> {
+    let url = bridge.publish_url("/v1/publish");
+    for n in 0..count {
+        let response = publish_to(&url, job(&format!("{prefix}-{n}"), Value::Null)).await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "{prefix}-{n}: {}",
+            response.status()
+        );
+    }
+    Ok(())
 }
 
 /// What prometheus-adapter sends Prometheus for an External metric request
@@ -220,16 +235,7 @@ async fn the_adapter_query_returns_the_queue_length_and_the_hpa_scales_as_promis
     )
     .await?;
 
-    let client = reqwest::Client::new();
-    for n in 0..jobs {
-        let body = json!({ "id": format!("adapter-{n}"), "created_at": "2026-01-01T00:00:00Z" });
-        let response = client
-            .post(bridge.publish_url("/v1/publish"))
-            .json(&body)
-            .send()
-            .await?;
-        assert_eq!(response.status(), 202);
-    }
+    publish_accepted(&bridge, "adapter", jobs).await?;
 
     let query = render_external_query(&adapter_rule()?, &selector, namespace)?;
     println!("adapter query: {query}");
@@ -498,16 +504,7 @@ async fn on_a_three_node_cluster_the_adapter_query_counts_the_queue_once() -> Re
     )
     .await?;
     let jobs = 12;
-    let client = reqwest::Client::new();
-    for n in 0..jobs {
-        let body = json!({ "id": format!("ha-{n}"), "created_at": "2026-01-01T00:00:00Z" });
-        let response = client
-            .post(bridge.publish_url("/v1/publish"))
-            .json(&body)
-            .send()
-            .await?;
-        assert_eq!(response.status(), 202);
-    }
+    publish_accepted(&bridge, "ha", jobs).await?;
     let query = render_external_query(&adapter_rule()?, &selector, namespace)?;
     let raw =
         format!(r#"rabbitmq_detailed_queue_messages{{queue="{queue}",namespace="{namespace}"}}"#);

@@ -22,14 +22,16 @@ use anyhow::Result;
 use e2e::admin::MetricSource;
 use e2e::amqp::{Inspector, unique_queue};
 use e2e::cluster::Cluster;
+use e2e::load::{Answer, paced};
 use e2e::process::BridgeProcess;
-use e2e::rig::job;
 use e2e::standin::StandIn;
-use serde_json::json;
 use tokio::task::JoinHandle;
 
 /// One cluster at a time: three Erlang VMs each already load two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Each load client publishes one job this often (four clients).
+const PACE: Duration = Duration::from_millis(20);
 
 /// Bridge flags: a short confirm wait, a dead link noticed within seconds
 /// (two 2 s heartbeats), quick retries, and the queue on all three nodes.
@@ -45,16 +47,6 @@ const BRIDGE_FLAGS: [&str; 10] = [
     "--quorum-initial-group-size",
     "3",
 ];
-
-/// What one caller was told.
-#[derive(Debug, Clone)]
-struct Answer {
-    id: String,
-    status: u16,
-    code: String,
-    sent: Instant,
-    answered: Instant,
-}
 
 /// Two publishing bridges and two consuming ones on one cluster, a stand-in
 /// worker, and paced load through both publishers.
@@ -108,7 +100,7 @@ impl Rig {
             .iter()
             .flat_map(|p| [p.publish_url("/v1/publish"), p.publish_url("/v1/publish")])
             .enumerate()
-            .map(|(n, url)| paced(url, format!("{test}-{n}"), stop_load.clone()))
+            .map(|(n, url)| paced(url, format!("{test}-{n}"), PACE, stop_load.clone()))
             .collect();
         let rig = Self {
             cluster,
@@ -217,50 +209,6 @@ impl Rig {
         }
         Ok((figures, answers))
     }
-}
-
-/// Publishes from one client, one request per 20 ms, until `stop`. Any
-/// answer but 202, 503 or 504, a non-JSON body, or no answer within 10 s
-/// fails the test.
-fn paced(url: String, prefix: String, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Answer>> {
-    tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        let mut answers = Vec::new();
-        let mut pace = tokio::time::interval(Duration::from_millis(20));
-        for n in 0.. {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            pace.tick().await;
-            let id = format!("{prefix}-{n}");
-            let sent = Instant::now();
-            let response = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .timeout(Duration::from_secs(10))
-                .body(job(&id, json!(null)))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{id}: no answer: {e}"));
-            let status = response.status().as_u16();
-            assert!(
-                matches!(status, 202 | 503 | 504),
-                "{id}: unexpected answer {status}"
-            );
-            let body: serde_json::Value = response
-                .json()
-                .await
-                .unwrap_or_else(|e| panic!("{id}: {status} with a non-JSON body: {e}"));
-            answers.push(Answer {
-                id,
-                status,
-                code: body["error"].as_str().unwrap_or("").to_owned(),
-                sent,
-                answered: Instant::now(),
-            });
-        }
-        answers
-    })
 }
 
 /// What a cluster test counted.
