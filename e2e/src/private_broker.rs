@@ -192,9 +192,13 @@ impl PrivateBroker {
         .arg(self.node_name())
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .await
-        .context("failed to run rabbitmqctl")?;
+        .kill_on_drop(true)
+        .output();
+        // A node that hangs must fail the test, not hang it.
+        let output = tokio::time::timeout(Duration::from_secs(60), output)
+            .await
+            .with_context(|| format!("rabbitmqctl {args:?}: no answer within 60 s"))?
+            .context("failed to run rabbitmqctl")?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             bail!(
