@@ -28,15 +28,47 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// `N` distinct ports that were free a moment ago. All are held until all
 /// are found: asked one at a time, the OS may hand out the same one twice.
+///
+/// They come from below the kernel's ephemeral range when there is room
+/// there. A port from `bind(0)` is an ephemeral one: between the test
+/// releasing it and the server binding it, any outgoing connection on the
+/// machine may take it as its own local port (seen in the cluster tests,
+/// whose load opens many), and the server then fails to bind.
 pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let low = ephemeral_low().unwrap_or(0);
+    let listeners = if low > 12_000 {
+        let mut rng = rand::rng();
+        let mut held = Vec::with_capacity(N);
+        let mut tries = 0;
+        while held.len() < N {
+            tries += 1;
+            anyhow::ensure!(tries < 10_000, "no free port below {low}");
+            let port = rand::Rng::random_range(&mut rng, 10_000..low);
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                held.push(listener);
+            }
+        }
+        held
+    } else {
+        (0..N)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<Vec<_>>>()?
+    };
     let mut ports = [0; N];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener.local_addr()?.port();
     }
     Ok(ports)
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`).
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The peak resident memory (`VmHWM`) of process `pid` so far, in bytes.
