@@ -340,9 +340,9 @@ impl Backoff {
 #[derive(Debug, Clone, Copy)]
 struct Recycle {
     /// How long a link may be stalled, or nack everything, before it is
-    /// dropped; doubled for each such drop in a row (up to 8 times), so
+    /// dropped; doubled for each such drop in a row (up to 4 times), so
     /// that a cause that outlives connections (a policy's length cap making
-    /// every nack "full") costs a reconnect every 40 s or so at the default
+    /// every nack "full") costs a reconnect every 20 s or so at the default
     /// confirm timeout, not a storm; and a link that recovers is noticed soon.
     after: Duration,
     /// Whether nacks count: with a length cap they may just mean "full".
@@ -472,7 +472,7 @@ impl Broker {
             self.sessions.send_replace(Some(session.clone()));
             let started = Instant::now();
             let recycle = self.recycle.map(|r| Recycle {
-                after: r.after * 2u32.pow(recycled_in_a_row.min(3)),
+                after: r.after * 2u32.pow(recycled_in_a_row.min(2)),
                 ..r
             });
 
