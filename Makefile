@@ -71,7 +71,7 @@ build: wasm bridge ## Build everything
 up: build rabbitmq ## Run the local path: RabbitMQ, host-bridge, components (spin, else wasmtime serve)
 	@command -v spin >/dev/null 2>&1 || $(MAKE) --no-print-directory wasmtime
 # up.sh gets SIGTERM (an ordered stop) if make itself dies, however it dies.
-	WASMTIME=$(WASMTIME) WORK_DURATION_MS=$(WORK_DURATION_MS) setpriv --pdeathsig TERM scripts/up.sh
+	WASMTIME=$(WASMTIME) WORK_DURATION_MS=$(WORK_DURATION_MS) $$(command -v setpriv >/dev/null && echo setpriv --pdeathsig TERM) scripts/up.sh
 
 ##@ Images
 

@@ -54,8 +54,16 @@ pids=() # the bridge first, then the components
 # any way the kernel sends the part SIGTERM. setpriv sets it, then execs
 # setsid, which (not being a group leader) execs the part in the same
 # process: the setting survives both execs.
+# setpriv is util-linux (on every Debian and Ubuntu); without it the parts
+# still stop in order, but would outlive a SIGKILLed runner.
+if command -v setpriv >/dev/null 2>&1; then
+  with_pdeathsig=(setpriv --pdeathsig TERM --)
+else
+  with_pdeathsig=()
+  echo "up: setpriv not found: the parts would outlive a killed runner" >&2
+fi
 start() {
-  setpriv --pdeathsig TERM -- setsid "$@" &
+  "${with_pdeathsig[@]}" setsid "$@" &
   pids+=($!)
 }
 
