@@ -598,6 +598,11 @@ async fn wait_for_loss(
 ) -> Ended {
     let mut events = std::pin::pin!(events);
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    // A blocked connection (a memory or disk alarm) is not a useless link:
+    // the alarm blocks publishers on every node, so moving would only lose
+    // the confirms in flight. Its overdue confirms are judged afresh from
+    // the moment it is unblocked.
+    let mut blocked_at: Option<Instant> = None;
     loop {
         tokio::select! {
             event = events.next() => match event {
@@ -612,7 +617,15 @@ async fn wait_for_loss(
                 if !session.usable() {
                     return Ended::Lost;
                 }
+                if session.blocked() {
+                    blocked_at = Some(Instant::now());
+                    continue;
+                }
+                let unblocked_long_enough = |after: Duration| {
+                    blocked_at.is_none_or(|t| t.elapsed() >= after)
+                };
                 if let Some(recycle) = recycle
+                    && unblocked_long_enough(recycle.after)
                     && let Some(why) = session.unproductive(recycle.after, recycle.nacks)
                 {
                     warn!(broker = %session.endpoint, why, after = ?recycle.after, "the link is up but useless; moving to another node");
