@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole local path: RabbitMQ, host-bridge (both roles) and the two
-# components, under `spin up` when spin is on PATH, else `wasmtime serve`.
+# Runs the whole local path: RabbitMQ, host-bridge (all three roles) and the
+# two components, under `spin up` when spin is on PATH, else `wasmtime serve`.
+# Clients reach the bridge's ingress on HTTP_ADDR, which forwards to the
+# producer's runtime on PRODUCER_ADDR (loopback): the runtime's own listener
+# has no read timeouts.
 #
 # Ctrl-C (or SIGTERM, or SIGHUP from a closed terminal) stops everything in
 # order: the bridge drains first, then the components. A second Ctrl-C
@@ -12,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:3000}
+PRODUCER_ADDR=${PRODUCER_ADDR:-127.0.0.1:3080}
 WORKER_ADDR=${WORKER_ADDR:-127.0.0.1:3001}
 export PUBLISH_ADDR=${PUBLISH_ADDR:-127.0.0.1:9091}
 export ADMIN_ADDR=${ADMIN_ADDR:-0.0.0.0:9090}
@@ -26,12 +30,12 @@ HURRY_SECS=${HURRY_SECS:-3}
 
 if command -v spin >/dev/null 2>&1; then
   runner=spin
-  worker_url="http://$HTTP_ADDR/work"
-  addrs=("$HTTP_ADDR" "$PUBLISH_ADDR" "$ADMIN_ADDR")
+  worker_url="http://$PRODUCER_ADDR/work"
+  addrs=("$HTTP_ADDR" "$PRODUCER_ADDR" "$PUBLISH_ADDR" "$ADMIN_ADDR")
 else
   runner=wasmtime
   worker_url="http://$WORKER_ADDR/"
-  addrs=("$HTTP_ADDR" "$WORKER_ADDR" "$PUBLISH_ADDR" "$ADMIN_ADDR")
+  addrs=("$HTTP_ADDR" "$PRODUCER_ADDR" "$WORKER_ADDR" "$PUBLISH_ADDR" "$ADMIN_ADDR")
 fi
 
 # A port already taken (often by a stack left from before) would make one
@@ -102,14 +106,15 @@ stop() {
 trap 'stop; exit 0' INT TERM HUP
 trap stop EXIT
 
-echo "up: host-bridge (publish on $PUBLISH_ADDR, admin on $ADMIN_ADDR) -> worker at $worker_url"
-WORKER_URL=$worker_url start "$BRIDGE"
+echo "up: host-bridge (ingress on $HTTP_ADDR -> producer at $PRODUCER_ADDR, publish on $PUBLISH_ADDR, admin on $ADMIN_ADDR) -> worker at $worker_url"
+BRIDGE_ROLES=${BRIDGE_ROLES:-publish,consume,ingress} INGRESS_ADDR=$HTTP_ADDR \
+  PRODUCER_URL="http://$PRODUCER_ADDR" WORKER_URL=$worker_url start "$BRIDGE"
 
 if [ "$runner" = spin ]; then
-  echo "up: spin up on $HTTP_ADDR"
-  start spin up --listen "$HTTP_ADDR" --env WORK_DURATION_MS="$WORK_DURATION_MS"
+  echo "up: spin up on $PRODUCER_ADDR"
+  start spin up --listen "$PRODUCER_ADDR" --env WORK_DURATION_MS="$WORK_DURATION_MS"
 else
-  echo "up: wasmtime serve: producer on $HTTP_ADDR, worker on $WORKER_ADDR (spin is not on PATH)"
+  echo "up: wasmtime serve: producer on $PRODUCER_ADDR, worker on $WORKER_ADDR (spin is not on PATH)"
   # The same environment spin.toml gives the components. -Scli provides
   # the wasi:cli imports (environment, stderr) that plain proxies lack.
   # -O pooling-allocator=n: the pooling allocator's fixed 1,000 instances
@@ -122,7 +127,7 @@ else
   # More requests wait for a turn, on at most --max-concurrent-connections
   # 1024 connections; past those the kernel's backlog holds them.
   serve_flags=(-Scli -O pooling-allocator=n --max-concurrent-requests 256 --max-concurrent-connections 1024)
-  start "$WASMTIME" serve "${serve_flags[@]}" --addr "$HTTP_ADDR" \
+  start "$WASMTIME" serve "${serve_flags[@]}" --addr "$PRODUCER_ADDR" \
     --env BRIDGE_PUBLISH_URL="http://$PUBLISH_ADDR/v1/publish" \
     --env BRIDGE_OBSERVE_URL="http://$PUBLISH_ADDR/v1/observe" \
     --env BRIDGE_TIMEOUT_MS=7000 \

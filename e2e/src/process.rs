@@ -202,7 +202,8 @@ impl MetricSource for BridgeProcess {
     }
 }
 
-fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
+/// Sends `signal` to a child process that is still running.
+pub fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
     let pid = child.id().context("the process has already exited")?;
     // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };

@@ -49,7 +49,17 @@ impl WasmtimeServe {
         name: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        Self::start_on(binary, free_port()?, name, env).await
+    }
+
+    /// The same, on a given port: for a bridge's ingress that must know
+    /// where to forward before the component starts.
+    pub async fn start_on(
+        binary: &std::path::Path,
+        port: u16,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -83,6 +93,11 @@ impl WasmtimeServe {
     /// The URL of `path` on it.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends it `signal` (SIGSTOP: a frozen runtime; SIGKILL: a crash).
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        crate::process::signal(&self.child, signal)
     }
 
     /// Its peak resident memory so far (`VmHWM`), in bytes.

@@ -380,8 +380,10 @@ async fn worker_does_the_work_and_refuses_what_it_cannot_parse() -> Result<()> {
 }
 
 /// Under the real `wasmtime serve` (what `make up` runs without spin), every
-/// path but `/generate` gets the producer's JSON 404, as under `spin up`
-/// with the catch-all route (`spin_manifest.rs`).
+/// path but `/generate` and `GET /healthz` gets the producer's JSON 404, as
+/// under `spin up` with the catch-all route (`spin_manifest.rs`); `/healthz`
+/// answers without creating anything (the bridge's nearby publish URL is a
+/// closed port, so a publish attempt would answer 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_get_a_json_404_under_wasmtime_serve() -> Result<()> {
     let producer = e2e::runtime::WasmtimeServe::start(
@@ -402,5 +404,16 @@ async fn unknown_paths_get_a_json_404_under_wasmtime_serve() -> Result<()> {
             "{path}"
         );
     }
+    let health = reqwest::get(producer.url("/healthz")).await?;
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<serde_json::Value>().await?,
+        serde_json::json!({ "ok": true })
+    );
+    let post = reqwest::Client::new()
+        .post(producer.url("/healthz"))
+        .send()
+        .await?;
+    assert_eq!(post.status(), 404, "only GET /healthz is the probe");
     Ok(())
 }

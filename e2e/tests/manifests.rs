@@ -356,6 +356,58 @@ fn bridge_containers_agree_with_the_bridge_and_the_components() -> Result<()> {
     Ok(())
 }
 
+/// Clients reach the producer pod only through the bridge's ingress: the
+/// Service targets it, the NetworkPolicy admits only it, and it forwards to
+/// the port the component listens on. The component's own port (the shim's
+/// listener, with no read timeouts) is reachable from nowhere but the pod.
+#[test]
+fn clients_reach_the_producer_only_through_the_bridges_ingress() -> Result<()> {
+    let objects = build("manifests")?;
+    let templates = templates(&objects)?;
+    let producer = &templates["producer"];
+    let bridge = container(producer, "bridge")?;
+    let config = bridge_config("producer", bridge)?;
+    assert!(
+        config.has(host_bridge::Role::Ingress),
+        "the ingress role is on"
+    );
+    let ingress_port = i32::from(config.ingress_addr.port());
+    assert_eq!(port_named(bridge, "http"), Some(ingress_port));
+
+    let service: Service = one(&objects, "Service", "producer")?;
+    let targets: Vec<_> = service
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.target_port)
+        .collect();
+    assert_eq!(targets, [IntOrString::String("http".into())]);
+
+    let component = container(producer, "producer")?;
+    let component_port = port_named(component, "wasm").context("the component's port")?;
+    let upstream = reqwest::Url::parse(&config.producer_url)?;
+    assert_eq!(
+        upstream.port_or_known_default().map(i32::from),
+        Some(component_port)
+    );
+    assert!(
+        upstream.host_str() == Some("127.0.0.1"),
+        "the ingress forwards on loopback"
+    );
+    let pod = labels(producer);
+    assert!(
+        peers_allowed(&objects, &pod, ingress_port)?.contains(&Value::Null),
+        "clients may reach the ingress"
+    );
+    assert_eq!(
+        peers_allowed(&objects, &pod, component_port)?,
+        Vec::<Value>::new(),
+        "nothing may reach the component's own port"
+    );
+    Ok(())
+}
+
 #[test]
 fn grace_period_covers_job_time_plus_drain() -> Result<()> {
     let objects = build("manifests")?;

@@ -969,6 +969,291 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
     Ok(())
 }
 
+/// The producer as `make up` and the manifests run it: `wasmtime serve` on
+/// a loopback port behind a bridge process in the publish and ingress
+/// roles. Clients use [`FrontDoor::url`], the ingress.
+struct FrontDoor {
+    bridge: BridgeProcess,
+    producer: e2e::runtime::WasmtimeServe,
+    ingress: std::net::SocketAddr,
+}
+
+impl FrontDoor {
+    async fn start(queue: &str, extra: &[&str]) -> Result<Self> {
+        let [ingress_port, producer_port] = e2e::process::free_ports()?;
+        let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], ingress_port));
+        let ingress_arg = ingress.to_string();
+        let producer_url = format!("http://127.0.0.1:{producer_port}");
+        let mut args = vec![
+            "--roles",
+            "publish,ingress",
+            "--queue",
+            queue,
+            "--ingress-addr",
+            &ingress_arg,
+            "--producer-url",
+            &producer_url,
+        ];
+        args.extend_from_slice(extra);
+        let bridge = BridgeProcess::spawn(&amqp_url(), &args).await?;
+        let producer = e2e::runtime::WasmtimeServe::start_on(
+            &e2e::runtime::wasmtime_binary(),
+            producer_port,
+            "producer",
+            &[
+                ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+                ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
+                ("BRIDGE_TIMEOUT_MS", "7000"),
+            ],
+        )
+        .await?;
+        bridge.wait_ready().await;
+        Ok(Self {
+            bridge,
+            producer,
+            ingress,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ingress)
+    }
+}
+
+/// `GET /generate` with `id` as its idempotency key: the status, the JSON
+/// error code (empty for a 202), whether `Retry-After` came, and how long
+/// the answer took.
+async fn generate(url: &str, id: &str) -> Result<(u16, String, bool, Duration)> {
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("idempotency-key", id)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let body: serde_json::Value = response.json().await.context("a JSON answer")?;
+    let code = body["error"].as_str().unwrap_or_default().to_owned();
+    Ok((status, code, retry_after, started.elapsed()))
+}
+
+/// The runtime's own listener has no read timeouts (`wasmtime serve` builds
+/// hyper without a timer); in front of it, the bridge's ingress cuts slow
+/// clients off, answers in JSON, and applies the producer's own body limit,
+/// so that a body the producer would take is never refused on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit() -> Result<()> {
+    let queue = unique_queue("stress-front-slow");
+    let front = FrontDoor::start(
+        &queue,
+        &[
+            "--header-read-timeout",
+            "1s",
+            "--body-read-timeout",
+            "1s",
+            "--max-connections",
+            "64",
+        ],
+    )
+    .await?;
+    let limit = Duration::from_secs(15);
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(tokio::spawn(trickle(
+            front.ingress,
+            b"GET /generate HTTP/1.1\r\nx-slow: ".to_vec(),
+            Duration::from_millis(200),
+            limit,
+        )));
+    }
+    let mut head = b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b' ', 1000));
+    let stalled_body = tokio::spawn(trickle(front.ingress, head, Duration::from_secs(60), limit));
+    let honest = e2e::eventually(
+        "an honest /generate among slow clients",
+        Duration::from_secs(10),
+        || async {
+            let (status, ..) = generate(&front.url("/generate"), "front-honest")
+                .await
+                .ok()?;
+            (status == 202).then_some(())
+        },
+    );
+    honest.await;
+    let mut longest = Duration::ZERO;
+    for task in slow {
+        longest = longest.max(task.await?.1);
+    }
+    let (answer, lived) = stalled_body.await?;
+    let answer = String::from_utf8_lossy(&answer);
+    println!(
+        "front door slowloris: 200 connections at 1 byte / 200 ms, longest lived {longest:?}; \
+         stalled body answered after {lived:?}: {}",
+        answer.lines().next().unwrap_or("(nothing)")
+    );
+    assert!(
+        longest < limit,
+        "a slow client held a connection for {longest:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+
+    // The producer's limit, kept on the way: a body of exactly 64 KiB is a
+    // job; one byte more is the producer's own 413, from the ingress.
+    let client = reqwest::Client::new();
+    let body_of = |len: usize| {
+        let filler = len - r#"{"id":"front-64k","payload":""}"#.len();
+        format!(r#"{{"id":"front-64k","payload":"{}"}}"#, "a".repeat(filler))
+    };
+    let post = |body: String| {
+        client
+            .post(front.url("/generate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let exact = post(body_of(job::MAX_BODY_BYTES)).await?;
+    assert_eq!(exact.status(), 202, "{:?}", exact.text().await);
+    let over = post(body_of(job::MAX_BODY_BYTES + 1)).await?;
+    assert_eq!(over.status(), 413);
+    assert_eq!(
+        over.json::<job::ErrorBody>().await?.error,
+        "payload_too_large"
+    );
+    let big_headers = client
+        .get(front.url("/generate"))
+        .header("x-big", "a".repeat(16 * 1024))
+        .send()
+        .await?;
+    assert_eq!(big_headers.status(), 431);
+    assert_eq!(
+        big_headers.json::<job::ErrorBody>().await?.error,
+        "headers_too_large"
+    );
+
+    let inspector = Inspector::connect().await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let mut answers = Answers::default();
+    for id in ["front-honest", "front-64k"] {
+        answers.by_id.insert(id.into(), (202, String::new()));
+    }
+    let tally = Tally::of(&answers, &queued);
+    tally.report(
+        "front door, slow clients",
+        &format!(
+            "; bridge peak RSS {:.1} MiB",
+            front.bridge.peak_rss()? as f64 / 1048576.0
+        ),
+    );
+    tally.assert_honest();
+    assert_eq!(tally.processed, 2, "{queued:?}");
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+/// A frozen producer (SIGSTOP of its runtime) and a dead one (SIGKILL),
+/// behind the front door: the frozen one gets `504 outcome_unknown` once
+/// the producer timeout passes, the dead one `503 producer_unavailable` at
+/// once, both JSON with `Retry-After`; `/readyz` says which while either
+/// lasts; a refused job is never queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a_hang() -> Result<()>
+{
+    let queue = unique_queue("stress-front-dead");
+    let front = FrontDoor::start(&queue, &["--producer-timeout", "2s"]).await?;
+    let url = front.url("/generate");
+    let mut answers = Answers::default();
+    let (status, ..) = generate(&url, "front-before").await?;
+    assert_eq!(status, 202);
+    answers
+        .by_id
+        .insert("front-before".into(), (202, String::new()));
+
+    front.producer.signal(libc::SIGSTOP)?;
+    let frozen = generate(&url, "front-frozen").await?;
+    let unready = wait_unready(&front.bridge, Duration::from_secs(10)).await;
+    front.producer.signal(libc::SIGCONT)?;
+    front.bridge.wait_ready().await;
+    println!("frozen producer: {frozen:?}; /readyz said {unready}");
+    assert_eq!(
+        (frozen.0, frozen.1.as_str(), frozen.2),
+        (504, "outcome_unknown", true)
+    );
+    assert!(unready.contains("producer"), "{unready}");
+    answers.by_id.insert("front-frozen".into(), (504, frozen.1));
+
+    // A request that races the crash itself may go out on a kept-alive
+    // connection and be reset: the ingress can't tell whether the producer
+    // took it, so that one is a (truthful) 504. Once the probe has found
+    // the producer gone, every request is refused at once.
+    front.producer.signal(libc::SIGKILL)?;
+    let unready = e2e::eventually(
+        "/readyz to say the producer is unreachable",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = front.bridge.admin("/readyz").await.ok()?;
+            (status == 503 && body.contains("unreachable")).then_some(body)
+        },
+    )
+    .await;
+    let dead = generate(&url, "front-dead").await?;
+    println!("dead producer: {dead:?}; /readyz said {unready}");
+    assert_eq!(
+        (dead.0, dead.1.as_str(), dead.2),
+        (503, "producer_unavailable", true)
+    );
+    assert!(unready.contains("unreachable"), "{unready}");
+    answers.by_id.insert("front-dead".into(), (503, dead.1));
+
+    let inspector = Inspector::connect().await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    tally.report(
+        "front door, frozen then dead producer",
+        &format!(
+            "; ingress counted {} outcome_unknown, {} producer_unavailable",
+            front
+                .bridge
+                .metric(
+                    "host_bridge_ingress_requests_total",
+                    &[("outcome", "outcome_unknown")]
+                )
+                .await,
+            front
+                .bridge
+                .metric(
+                    "host_bridge_ingress_requests_total",
+                    &[("outcome", "producer_unavailable")]
+                )
+                .await,
+        ),
+    );
+    tally.assert_honest();
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+/// The 202s the producer says it gave, from its answer reports, once it
+/// has reported at least `answers` answers on `/generate` (each report
+/// comes after its answer is complete).
+async fn reported_202s(bridge: &BridgeProcess, answers: f64) -> f64 {
+    let on_generate = |status: Option<&'static str>| async move {
+        let mut labels = vec![("route", "/generate")];
+        labels.extend(status.map(|s| ("status", s)));
+        bridge
+            .metric("host_bridge_producer_responses_total", &labels)
+            .await
+    };
+    e2e::eventually(
+        "the producer's reports of its answers",
+        Duration::from_secs(60),
+        || async { (on_generate(None).await >= answers).then_some(()) },
+    )
+    .await;
+    on_generate(Some("202")).await
+}
+
 /// `count` clients send one `GET /generate` each (ids `{prefix}-{n}` as
 /// `Idempotency-Key`), all at once. Every answer must be JSON 202, 503 or
 /// 504 (never a runtime's own page), with `Retry-After` unless it is a
@@ -1078,32 +1363,8 @@ async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer
     let tally = Tally::of(&answers, &queued);
     // The producer's own count of its answers, from its reports: each
     // arrives after its answer is complete, so wait for all 2,000.
-    let reported = |status: &'static str| {
-        let bridge = &bridge;
-        async move {
-            bridge
-                .metric(
-                    "host_bridge_producer_responses_total",
-                    &[("route", "/generate"), ("status", status)],
-                )
-                .await
-        }
-    };
-    e2e::eventually(
-        "the producer's reports of all 2,000 answers",
-        Duration::from_secs(60),
-        || async {
-            let sum = bridge
-                .metric(
-                    "host_bridge_producer_responses_total",
-                    &[("route", "/generate")],
-                )
-                .await;
-            (sum >= 2_000.0).then_some(())
-        },
-    )
-    .await;
-    let (said_202, got_202) = (reported("202").await, answers.ids(202).len() as f64);
+    let said_202 = reported_202s(&bridge, 2_000.0).await;
+    let got_202 = answers.ids(202).len() as f64;
     tally.report(
         "overload under wasmtime serve (2,000 at once)",
         &format!(
@@ -1120,6 +1381,70 @@ async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer
         said_202, got_202,
         "a 202 the producer gave that a caller never got"
     );
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
+/// Overload through the front door, the path `make up` and the manifests
+/// run: 2,000 requests at once to the bridge's ingress, in front of `wasmtime
+/// serve`. The ingress holds at most its cap and refuses the rest at once
+/// (`503 overloaded`); every answer is JSON 202, 503 or 504; what the
+/// producer says it answered 202 is what clients received; and the bridge
+/// stays inside its sidecar memory limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_through_the_front_door_refuses_at_once_and_every_202_arrives() -> Result<()> {
+    let queue = unique_queue("stress-front-over");
+    let front = FrontDoor::start(&queue, &["--max-publishes-in-flight", "32"]).await?;
+    let answers = burst(&front.url("/generate"), "front-over", 2_000).await?;
+    let inspector = Inspector::connect().await?;
+    let queued = queued_ids(&inspector, &queue).await?;
+    let tally = Tally::of(&answers, &queued);
+    let bridge = &front.bridge;
+    // Every request the ingress forwarded reached the producer, which
+    // reports its answer after writing it: wait for those reports.
+    let forwarded = bridge
+        .metric(
+            "host_bridge_ingress_requests_total",
+            &[("outcome", "forwarded")],
+        )
+        .await
+        + bridge
+            .metric(
+                "host_bridge_ingress_requests_total",
+                &[("outcome", "outcome_unknown")],
+            )
+            .await;
+    let said_202 = reported_202s(bridge, forwarded).await;
+    let got_202 = answers.ids(202).len() as f64;
+    let peak = bridge.peak_rss()?;
+    tally.report(
+        "overload through the front door (2,000 at once)",
+        &format!(
+            "; answers {:?}; forwarded {forwarded}; the producer reported {said_202} × 202, \
+             clients got {got_202}; slowest {:?}; bridge peak RSS {:.1} MiB, wasmtime serve {:.1} MiB",
+            answers.codes(),
+            answers.slowest,
+            peak as f64 / 1048576.0,
+            front.producer.peak_rss()? as f64 / 1048576.0,
+        ),
+    );
+    tally.assert_honest();
+    assert_eq!(
+        said_202, got_202,
+        "a 202 the producer gave that a caller never got"
+    );
+    let refused_at_the_door = bridge
+        .metric(
+            "host_bridge_ingress_requests_total",
+            &[("outcome", "overloaded")],
+        )
+        .await;
+    assert!(
+        refused_at_the_door > 0.0,
+        "the ingress's cap was reached: {:?}",
+        answers.codes()
+    );
+    assert!(peak < SIDECAR_MEMORY_LIMIT, "bridge peak RSS {peak}");
     inspector.delete_topology(&queue).await?;
     Ok(())
 }

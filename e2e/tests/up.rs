@@ -18,14 +18,14 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// would run it), and the ports it was given.
 struct Runner {
     child: Child,
-    ports: [u16; 4],
+    ports: [u16; 5],
     queue: String,
 }
 
 impl Runner {
     /// Spawns it; each job takes the worker `work_ms`.
     fn spawn(work_ms: u64) -> Result<Self> {
-        let ports = free_ports::<4>()?;
+        let ports = free_ports::<5>()?;
         let queue = unique_queue("up");
         let addr = |p: u16| format!("127.0.0.1:{p}");
         let child = Command::new("bash")
@@ -35,6 +35,7 @@ impl Runner {
             .env("WORKER_ADDR", addr(ports[1]))
             .env("PUBLISH_ADDR", addr(ports[2]))
             .env("ADMIN_ADDR", addr(ports[3]))
+            .env("PRODUCER_ADDR", addr(ports[4]))
             .env("QUEUE", &queue)
             .env("WORK_DURATION_MS", work_ms.to_string())
             .env("BRIDGE", bridge_binary())
@@ -54,7 +55,7 @@ impl Runner {
         })
     }
 
-    /// Starts it and waits until all four ports listen.
+    /// Starts it and waits until all five ports listen.
     async fn start(work_ms: u64) -> Result<(Self, Vec<u32>)> {
         let runner = Self::spawn(work_ms)?;
         for port in runner.ports {

@@ -3,7 +3,8 @@
 //! Liveness stays trivial: the process answers. Readiness means usable now:
 //! an open AMQP connection; for the publish role, a broker that is neither
 //! blocking publishers (alarm) nor overdue with confirms; for the consume
-//! role, a subscribed consumer and a worker that takes work. The metrics
+//! role, a subscribed consumer and a worker that takes work; for the ingress
+//! role, a producer component that accepts connections. The metrics
 //! themselves are defined in `metrics`.
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiError;
 use crate::broker::SessionWatch;
 use crate::consume::ConsumeStatus;
+use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::publish::PublishApi;
 
@@ -27,6 +29,7 @@ pub struct Readiness {
     sessions: SessionWatch,
     publishing: Option<Arc<PublishApi>>,
     consuming: Option<ConsumeStatus>,
+    fronting: Option<Arc<Ingress>>,
     stopping: CancellationToken,
 }
 
@@ -43,8 +46,14 @@ impl Readiness {
             sessions,
             publishing,
             consuming,
+            fronting: None,
             stopping,
         }
+    }
+
+    /// Also requires the ingress role's producer to accept connections.
+    pub fn with_ingress(self, fronting: Option<Arc<Ingress>>) -> Self {
+        Self { fronting, ..self }
     }
 
     /// The broker (`host:port`) the current connection is on, if any.
@@ -53,7 +62,7 @@ impl Readiness {
     }
 
     /// `Ok` when ready, else why not.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub async fn check(&self) -> Result<(), &'static str> {
         // A stopping bridge takes no new work; say so before the checks below.
         if self.stopping.is_cancelled() {
             return Err("shutting down");
@@ -66,6 +75,9 @@ impl Readiness {
         }
         if let Some(consuming) = &self.consuming {
             consuming.check()?;
+        }
+        if let Some(fronting) = &self.fronting {
+            fronting.probe().await?;
         }
         Ok(())
     }
@@ -104,7 +116,7 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
 /// operator sees how the bridges spread over a cluster.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let broker = state.readiness.broker();
-    match state.readiness.check() {
+    match state.readiness.check().await {
         Ok(()) => {
             axum::Json(serde_json::json!({ "ready": true, "broker": broker })).into_response()
         }

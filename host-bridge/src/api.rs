@@ -2,7 +2,7 @@
 //! and timed body reading, and serving a router until shutdown with a bound
 //! on connections and a deadline on every request's headers.
 //!
-//! Routes and their logic live in `publish` and `admin`.
+//! Routes and their logic live in `publish`, `ingress` and `admin`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -133,12 +133,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Reads a JSON request body of at most `limit` bytes within `timeout`.
-///
-/// The limit is enforced on the stream as it arrives, so a chunked body with
-/// no `Content-Length` (what a spin-sdk component sends) is bounded too, and
-/// an oversized one is never held whole. The timeout covers the whole body,
-/// so a client that trickles bytes cannot hold the request open.
+/// Reads a JSON request body of at most `limit` bytes within `timeout`:
+/// [`read_body`] after checking the content type.
 pub async fn read_json_body(
     content_type: Option<&HeaderValue>,
     body: Body,
@@ -147,6 +143,16 @@ pub async fn read_json_body(
 ) -> Result<Vec<u8>, ApiError> {
     let content_type = content_type.map(|v| v.to_str().unwrap_or("(not text)"));
     job::check_content_type(content_type)?;
+    read_body(body, limit, timeout).await
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`.
+///
+/// The limit is enforced on the stream as it arrives, so a chunked body with
+/// no `Content-Length` (what a spin-sdk component sends) is bounded too, and
+/// an oversized one is never held whole. The timeout covers the whole body,
+/// so a client that trickles bytes cannot hold the request open.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     let read = async {
         let mut stream = body.into_data_stream();
         let mut buf = Vec::new();

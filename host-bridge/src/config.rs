@@ -10,14 +10,18 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use lapin::uri::AMQPUri;
 
-/// What one bridge process does. One process may do both, which is how
-/// `make up` runs it locally; in Kubernetes each pod enables one.
+/// What one bridge process does. One process may do them all, which is how
+/// `make up` runs it locally; in Kubernetes the producer's pod enables
+/// publish and ingress, the worker's consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Role {
     /// Serve the loopback publish API that the producer component calls.
     Publish,
     /// Consume the queue and push each job to the worker component.
     Consume,
+    /// Take clients' requests for the producer component, with this
+    /// bridge's timeouts and limits, and forward them to it on loopback.
+    Ingress,
 }
 
 /// Log output format.
@@ -94,6 +98,30 @@ pub struct Config {
     /// the same pod may call it.
     #[arg(long, env = "PUBLISH_ADDR", default_value = "127.0.0.1:9091")]
     pub publish_addr: SocketAddr,
+
+    /// Address of the ingress role's listener: what clients (the producer's
+    /// Service) connect to.
+    #[arg(long, env = "INGRESS_ADDR", default_value = "0.0.0.0:8000")]
+    pub ingress_addr: SocketAddr,
+
+    /// Where the ingress role forwards requests: the producer component's
+    /// own listener, `http://host:port` on loopback (containerd-shim-spin
+    /// serves on port 80).
+    #[arg(long, env = "PRODUCER_URL", default_value = "http://127.0.0.1:80")]
+    pub producer_url: String,
+
+    /// How long the producer component may take to answer a forwarded
+    /// request. Past it: `504 outcome_unknown`. Keep it above the
+    /// producer's own `BRIDGE_TIMEOUT_MS` (7 s), so that its verdict, not
+    /// this one, is what the client hears.
+    #[arg(long, env = "PRODUCER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub producer_timeout: Duration,
+
+    /// Requests the ingress role holds at once (each buffers at most one
+    /// 64 KiB body). Past it: `503 overloaded` at once. The default matches
+    /// the runtime's concurrent-request limit in `make up`.
+    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub ingress_max_in_flight: u32,
 
     /// How long a publish may wait for the broker's confirm. Past it the
     /// caller gets `504 outcome_unknown`: the message was handed to the
@@ -300,7 +328,10 @@ impl Config {
             })
         };
         if self.roles.is_empty() {
-            return fail("--roles", "enable at least one of publish, consume");
+            return fail(
+                "--roles",
+                "enable at least one of publish, consume, ingress",
+            );
         }
         // AMQP short strings are at most 255 bytes, and `.dead` is appended.
         if self.queue.is_empty() || self.queue.len() > 200 {
@@ -316,6 +347,28 @@ impl Config {
             match reqwest::Url::parse(&self.worker_url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {}
                 _ => return fail("--worker-url", "must be an http:// or https:// URL"),
+            }
+        }
+        if self.has(Role::Ingress) {
+            if let Err(reason) = crate::ingress::upstream_addr(&self.producer_url) {
+                return fail("--producer-url", &reason);
+            }
+            if self.ingress_max_in_flight == 0 {
+                return fail("--ingress-max-in-flight", "must be at least 1");
+            }
+            let taken = [
+                (self.has(Role::Publish), self.publish_addr),
+                (true, self.admin_addr),
+            ];
+            if self.ingress_addr.port() != 0
+                && taken
+                    .iter()
+                    .any(|(on, addr)| *on && *addr == self.ingress_addr)
+            {
+                return fail(
+                    "--ingress-addr",
+                    "must differ from --publish-addr and --admin-addr",
+                );
             }
         }
         if self.max_publishes_in_flight == 0 {
@@ -348,6 +401,7 @@ impl Config {
             ("--connect-timeout", self.connect_timeout),
             ("--header-read-timeout", self.header_read_timeout),
             ("--body-read-timeout", self.body_read_timeout),
+            ("--producer-timeout", self.producer_timeout),
         ] {
             if value.is_zero() {
                 return fail(setting, "must be longer than zero");
@@ -472,6 +526,17 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.setting, "--publish-addr");
+        let err = parse(&["--roles", "publish,ingress", "--producer-url", "http://h/x"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "--producer-url");
+        let err = parse(&["--roles", "ingress", "--ingress-addr", "0.0.0.0:9090"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "--ingress-addr");
+        parse(&["--roles", "publish,consume,ingress"])
+            .validate()
+            .expect("all three roles with their defaults are valid");
         // A consume-only bridge doesn't care about the worker URL's clash.
         parse(&["--roles", "publish", "--worker-url", "nope"])
             .validate()

@@ -5,6 +5,9 @@
 //!   component calls; it answers only after the broker confirms the message.
 //! - The **consume** role takes deliveries and pushes each one to the worker
 //!   component over loopback HTTP, acknowledging by the worker's answer.
+//! - The **ingress** role is the producer's front door: it takes clients'
+//!   requests with this bridge's timeouts and limits and forwards them to
+//!   the component on loopback, whose runtime has none of its own.
 //!
 //! [`Bridge::bind`] opens the listeners (so that tests can bind port 0 and
 //! learn the address), and [`Bridge::run`] runs until its shutdown future
@@ -16,6 +19,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod consume;
+pub mod ingress;
 pub mod metrics;
 pub mod publish;
 pub mod shutdown;
@@ -42,6 +46,9 @@ pub enum BridgeError {
     /// The HTTP client for the worker could not be built.
     #[error("failed to build the worker's HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// The ingress role could not be set up.
+    #[error(transparent)]
+    Ingress(#[from] ingress::IngressError),
     /// A listener could not bind.
     #[error("failed to bind {what} on {addr}: {source}")]
     Bind {
@@ -59,6 +66,7 @@ pub struct Bridge {
     config: Config,
     metrics: Metrics,
     publish_listener: Option<TcpListener>,
+    ingress: Option<(TcpListener, ingress::Ingress)>,
     admin_listener: TcpListener,
     worker_client: Option<reqwest::Client>,
     broker: broker::Broker,
@@ -66,7 +74,7 @@ pub struct Bridge {
 
 impl Bridge {
     /// Validates the config and binds the admin and (if enabled) publish
-    /// listeners. Nothing talks to the broker yet.
+    /// and ingress listeners. Nothing talks to the broker yet.
     pub async fn bind(config: Config) -> Result<Self, BridgeError> {
         config.validate()?;
         let admin_listener = bind("admin server", config.admin_addr).await?;
@@ -81,11 +89,18 @@ impl Bridge {
             None
         };
         let metrics = Metrics::new();
+        let ingress = if config.has(Role::Ingress) {
+            let role = ingress::Ingress::new(&config, metrics.clone())?;
+            Some((bind("ingress", config.ingress_addr).await?, role))
+        } else {
+            None
+        };
         let broker = broker::Broker::new(&config, metrics.clone())?;
         Ok(Self {
             config,
             metrics,
             publish_listener,
+            ingress,
             admin_listener,
             worker_client,
             broker,
@@ -97,6 +112,11 @@ impl Bridge {
         self.publish_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The ingress role's bound address, if that role is on.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ingress.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The admin server's bound address.
@@ -117,6 +137,7 @@ impl Bridge {
             config,
             metrics,
             publish_listener,
+            ingress,
             admin_listener,
             worker_client,
             broker,
@@ -164,7 +185,19 @@ impl Bridge {
                 stop.clone().cancelled_owned(),
             ))
         });
-        let readiness = admin::Readiness::new(sessions, publishing, consuming, stop.clone());
+        let mut fronting = None;
+        let ingress_task = ingress.map(|(listener, role)| {
+            let role = Arc::new(role);
+            fronting = Some(role.clone());
+            tokio::spawn(api::serve(
+                listener,
+                role.router(),
+                limits,
+                stop.clone().cancelled_owned(),
+            ))
+        });
+        let readiness = admin::Readiness::new(sessions, publishing, consuming, stop.clone())
+            .with_ingress(fronting);
         let admin_task = tokio::spawn(api::serve(
             admin_listener,
             admin::router(metrics.clone(), readiness),
@@ -180,7 +213,8 @@ impl Bridge {
         info!(grace = ?config.shutdown_grace, "stopping: no new work; draining");
         stop.cancel();
         // The consumer bounds its own drain by the grace period; the publish
-        // API's in-flight requests are bounded by the confirm timeout. The
+        // API's in-flight requests are bounded by the confirm timeout, the
+        // ingress's by the producer timeout. The
         // outer bound only guards against a stuck task.
         let drain = async {
             if let Some(task) = publish_task
@@ -188,12 +222,19 @@ impl Bridge {
             {
                 warn!(error = %e, "publish API failed");
             }
+            if let Some(task) = ingress_task
+                && let Ok(Err(e)) = task.await
+            {
+                warn!(error = %e, "ingress failed");
+            }
             if let Some(task) = consume_task {
                 let _ = task.await;
             }
             let _ = depth_task.await;
         };
-        let bound = config.shutdown_grace + config.publish_timeout + Duration::from_secs(1);
+        let bound = config.shutdown_grace
+            + config.publish_timeout.max(config.producer_timeout)
+            + Duration::from_secs(1);
         if tokio::time::timeout(bound, drain).await.is_err() {
             warn!(?bound, "drain did not finish; closing anyway");
         }

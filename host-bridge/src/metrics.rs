@@ -68,6 +68,37 @@ impl JobOutcome {
     }
 }
 
+/// How the ingress role dealt with one client request. The label values of
+/// `ingress_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressOutcome {
+    /// The component answered; its answer was relayed as it was.
+    Forwarded,
+    /// Refused before forwarding: too many requests in progress.
+    Overloaded,
+    /// Refused before forwarding: the body was too large, too slow or
+    /// unreadable.
+    Refused,
+    /// The component could not be reached: nothing was delivered.
+    ProducerUnavailable,
+    /// Delivered, but no whole answer came back: the client was told
+    /// `504 outcome_unknown`.
+    OutcomeUnknown,
+}
+
+impl IngressOutcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            IngressOutcome::Forwarded => "forwarded",
+            IngressOutcome::Overloaded => "overloaded",
+            IngressOutcome::Refused => "refused",
+            IngressOutcome::ProducerUnavailable => "producer_unavailable",
+            IngressOutcome::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+}
+
 /// Every metric host-bridge exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -112,6 +143,8 @@ pub struct Metrics {
     pub producer_requests: IntCounterVec,
     /// Answers the producer component gave, by route and status.
     pub producer_responses: IntCounterVec,
+    /// Client requests the ingress role took, by outcome.
+    pub ingress_requests: IntCounterVec,
     /// Pushes to the worker, by worker answer class (`2xx`, `4xx`, `5xx`,
     /// `timeout`, `error`) and how long they took.
     pub worker_push_duration: HistogramVec,
@@ -248,6 +281,14 @@ impl Metrics {
                 &["route", "status"],
             )
             .expect("valid metric"),
+            ingress_requests: IntCounterVec::new(
+                Opts::new(
+                    "ingress_requests_total",
+                    "Client requests the ingress role took in front of the producer, by outcome.",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             worker_push_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "worker_push_duration_seconds",
@@ -264,7 +305,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(self.published.clone()),
             Box::new(self.publish_refusals.clone()),
             Box::new(self.publish_late_verdicts.clone()),
@@ -282,6 +323,7 @@ impl Metrics {
             Box::new(self.reconnects.clone()),
             Box::new(self.producer_requests.clone()),
             Box::new(self.producer_responses.clone()),
+            Box::new(self.ingress_requests.clone()),
             Box::new(self.worker_push_duration.clone()),
         ];
         for collector in collectors {
@@ -298,6 +340,13 @@ impl Metrics {
             .inc();
         self.publish_duration
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records how the ingress role dealt with a request.
+    pub fn ingress_done(&self, outcome: IngressOutcome) {
+        self.ingress_requests
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 
     /// Records a consumed job's outcome.

@@ -47,8 +47,12 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// What the producer suggests when the bridge can't be reached at all; the
 /// bridge sends its own `Retry-After` otherwise.
 const DEFAULT_RETRY_AFTER_SECS: &str = "1";
-/// The only route this component serves.
+/// The route that creates jobs.
 const GENERATE: &str = "/generate";
+/// A liveness answer that creates nothing: the bridge's ingress probes it
+/// for readiness (an instance can be made and answers), and Kubernetes
+/// probes may too. Not reported to the bridge's counters.
+const HEALTHZ: &str = "/healthz";
 
 /// One answer, before it is written.
 struct Answer {
@@ -86,6 +90,10 @@ impl From<BodyError> for Answer {
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let method = req.method();
     let path = req.path_with_query().unwrap_or_default();
+    if matches!(method, Method::Get) && path.split('?').next() == Some(HEALTHZ) {
+        respond(out, Answer::json(200, r#"{"ok":true}"#.to_owned())).await;
+        return;
+    }
     let route = route_label(&path);
     let answer = answer(req, &method, &path).await;
     let status = answer.status;
