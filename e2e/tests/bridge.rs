@@ -311,3 +311,46 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
     assert_eq!(rig.bridge.metric("host_bridge_broker_up", &[]).await, 1.0);
     rig.finish().await
 }
+
+/// Every bad setting exits 64 with one line naming it, whether clap or
+/// `validate()` catches it; `--help` and `--version` exit 0. The real
+/// binary, run as Kubernetes would, with settings in the environment.
+#[test]
+fn a_bad_setting_exits_64_with_one_line_and_help_exits_0() -> Result<()> {
+    let bridge = e2e::process::bridge_binary();
+    for (var, value, names) in [
+        ("PUBLISH_TIMEOUT", "5", "--publish-timeout"),
+        ("CONCURRENCY", "abc", "--concurrency"),
+        ("BRIDGE_ROLES", "bogus", "--roles"),
+        ("CONCURRENCY", "0", "--concurrency"),
+        ("WORKER_URL", "https://127.0.0.1:3001/", "--worker-url"),
+        ("PRODUCER_URL", "http://127.0.0.1/x", "--producer-url"),
+    ] {
+        let output = std::process::Command::new(&bridge)
+            .env(var, value)
+            .env(
+                "BRIDGE_ROLES",
+                if var == "BRIDGE_ROLES" {
+                    value
+                } else {
+                    "publish,consume,ingress"
+                },
+            )
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        println!("{var}={value}: exit {:?}: {stderr}", output.status.code());
+        assert_eq!(output.status.code(), Some(64), "{var}={value}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{var}={value}: {stderr}"
+        );
+        assert!(stderr.contains(names), "{var}={value}: {stderr}");
+    }
+    for flag in ["--help", "--version"] {
+        let output = std::process::Command::new(&bridge).arg(flag).output()?;
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert!(!output.stdout.is_empty(), "{flag}");
+    }
+    Ok(())
+}

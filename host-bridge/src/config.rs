@@ -247,6 +247,23 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// A clap error as one line, without the `error:` prefix or the pointer to
+/// `--help`: e.g. "invalid value 'bogus' for '--roles <ROLES>' [possible
+/// values: publish, consume, ingress]".
+pub fn one_line(error: &clap::Error) -> String {
+    error
+        .render()
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Config {
     /// Settings that work but are probably a mistake, for `main` to log.
     pub fn warnings(&self) -> Vec<String> {
@@ -345,8 +362,15 @@ impl Config {
         }
         if self.has(Role::Consume) {
             match reqwest::Url::parse(&self.worker_url) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                _ => return fail("--worker-url", "must be an http:// or https:// URL"),
+                // The worker is in the same pod, on loopback; the push
+                // client is built without TLS, so https:// could never work.
+                Ok(url) if url.scheme() == "http" => {}
+                _ => {
+                    return fail(
+                        "--worker-url",
+                        "must be an http:// URL (the worker is on loopback; there is no TLS client)",
+                    );
+                }
             }
         }
         if self.has(Role::Ingress) {
@@ -515,11 +539,29 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_does_not_parse_is_one_line_naming_the_flag() {
+        for (args, names) in [
+            (&["--roles", "bogus"][..], "--roles"),
+            (&["--publish-timeout", "5"], "--publish-timeout"),
+            (&["--concurrency", "abc"], "--concurrency"),
+        ] {
+            let err =
+                Config::try_parse_from(std::iter::once("host-bridge").chain(args.iter().copied()))
+                    .unwrap_err();
+            let line = one_line(&err);
+            assert!(!line.contains('\n') && line.contains(names), "{line}");
+            assert!(!line.starts_with("error:"), "{line}");
+        }
+    }
+
+    #[test]
     fn bad_combinations_name_the_setting() {
         let err = parse(&["--concurrency", "0"]).validate().unwrap_err();
         assert_eq!(err.setting, "--concurrency");
-        let err = parse(&["--worker-url", "ftp://x"]).validate().unwrap_err();
-        assert_eq!(err.setting, "--worker-url");
+        for bad in ["ftp://x", "https://127.0.0.1:3001/"] {
+            let err = parse(&["--worker-url", bad]).validate().unwrap_err();
+            assert_eq!(err.setting, "--worker-url", "{bad}");
+        }
         let err = parse(&["--amqp-url", "http://x"]).validate().unwrap_err();
         assert_eq!(err.setting, "--amqp-url");
         let err = parse(&["--publish-addr", "0.0.0.0:9090"])
