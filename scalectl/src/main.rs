@@ -40,8 +40,9 @@ struct WatchArgs {
     #[arg(long, default_value = "worker")]
     deployment: String,
     /// Prometheus base URL for the queue depth (e.g. a port-forward); without
-    /// it, the depth is the HPA's metric times its replicas.
-    #[arg(long)]
+    /// it, the depth is the HPA's metric times its replicas. `http://` only:
+    /// scalectl has no TLS client for it (`kubectl port-forward` is plain).
+    #[arg(long, value_parser = plain_http_url)]
     prometheus: Option<String>,
     /// The PromQL for the queue depth.
     #[arg(
@@ -75,28 +76,23 @@ struct LoadArgs {
     #[arg(long)]
     count: Option<u64>,
     /// Stop after this long, e.g. 30s.
-    #[arg(long, value_parser = humantime_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<std::time::Duration>,
     /// Write the accepted job ids here, one per line.
     #[arg(long)]
     ids: Option<PathBuf>,
 }
 
-fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (try 30s)"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit in {text:?} (ms, s or m)")),
-    };
-    Ok(std::time::Duration::from_secs_f64(seconds))
+/// A base URL that this build can reach: `http://`, since reqwest is built
+/// here without a TLS backend.
+fn plain_http_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if url.scheme() == "http" => Ok(text.to_owned()),
+        Ok(_) => {
+            Err("must be an http:// URL: there is no TLS client (use kubectl port-forward)".into())
+        }
+        Err(e) => Err(format!("not a URL: {e}")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -270,4 +266,19 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.svg.display()))?;
     println!("\nwrote {} and {}", args.csv.display(), args.svg.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_must_be_plain_http_and_durations_read_like_humantime() {
+        assert!(plain_http_url("http://127.0.0.1:9090").is_ok());
+        let err = plain_http_url("https://prometheus.example").unwrap_err();
+        assert!(err.contains("http://"), "{err}");
+        assert!(plain_http_url("not a url").is_err());
+        let cli = Cli::try_parse_from(["scalectl", "load", "--duration", "1m30s"]);
+        assert!(cli.is_ok(), "1m30s is a duration");
+    }
 }
