@@ -164,6 +164,10 @@ test: check-make wasm rabbitmq wasmtime test-tools lint manifests-check images #
 	@echo "bench: smoke run OK (target/bench-smoke.md)"
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test.log
 
+.PHONY: test-fast
+test-fast: lint ## The inner loop: rustfmt, clippy and the unit tests; no services, no .wasm (make test is the complete one)
+	$(CARGO) test --workspace --exclude producer --exclude worker --lib --bins
+
 .PHONY: manifests-check
 manifests-check: ## Build every kustomization; strict schema checks (K8S_VERSION $(K8S_VERSION)), CRDs included
 	K8S_VERSION=$(K8S_VERSION) scripts/check-manifests.sh
@@ -177,7 +181,7 @@ lint: wasm-target ## rustfmt and clippy, native and wasm32-wasip2
 .PHONY: check-make
 check-make: ## Dry-run every target, to catch Makefile drift
 ifndef CHECK_MAKE_NESTED
-	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy ha-operator deploy-keda undeploy test lint manifests-check bench bench-smoke clean; do \
+	@for t in wasm-target rabbitmq test-tools wasmtime wasm bridge build up images image-bridge push spin-push deploy ha-operator deploy-keda undeploy test test-fast lint manifests-check bench bench-smoke clean; do \
 	  $(MAKE) -n CHECK_MAKE_NESTED=1 $$t >/dev/null || { echo "make -n $$t failed"; exit 1; }; done; echo "make: targets parse"
 endif
 
