@@ -32,6 +32,10 @@ use tracing::{debug, warn};
 /// hostile by any measure.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
+/// How long to pause after a failed accept (out of file descriptors, say)
+/// rather than spin on it.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
 /// The limits every listener applies.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
@@ -245,7 +249,7 @@ pub async fn serve(
                 // was accepted: pause briefly rather than spin.
                 Err(e) => {
                     warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },

@@ -85,6 +85,20 @@ struct Health {
 /// one nack and then silence is no pattern.
 const NACKS_FOR_GOOD: u32 = 3;
 
+/// AMQP 0-9-1 reply code for a normal close (`reply-success`).
+pub const REPLY_SUCCESS: u16 = 200;
+
+/// AMQP 0-9-1 reply code for a connection closed by one side on purpose
+/// (`connection-forced`): how a recycled link is closed.
+const CONNECTION_FORCED: u16 = 320;
+
+/// The first reconnect delay; it doubles (jittered) up to
+/// `--reconnect-max-backoff`.
+const RECONNECT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// How often a session's link is checked for loss and for uselessness.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Health {
     fn record_verdict(&mut self, acked: bool, now: Instant) {
         if acked {
@@ -424,7 +438,7 @@ impl Broker {
     /// `close` is separate from the process's shutdown signal: the roles
     /// drain first (acks need the channel), and only then is it cancelled.
     pub async fn run(self, close: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        let mut backoff = Backoff::new(RECONNECT_BACKOFF_BASE, self.max_backoff);
         let mut connected_before = false;
         // Start at a random node, so that the bridges of a deployment spread
         // over the cluster rather than all landing on the first URL.
@@ -486,7 +500,7 @@ impl Broker {
             connected.set(0);
             let reason = match ended {
                 Ended::Closed => {
-                    let closing = session.connection.close(200, "shutdown".into());
+                    let closing = session.connection.close(REPLY_SUCCESS, "shutdown".into());
                     match tokio::time::timeout(self.connect_timeout, closing).await {
                         Ok(Err(e)) => debug!(error = %e, "closing the connection"),
                         Err(_) => debug!("the broker did not answer the close in time"),
@@ -521,7 +535,9 @@ impl Broker {
             // reconnect.
             let _ = tokio::time::timeout(
                 self.connect_timeout,
-                session.connection.close(320, "reconnecting".into()),
+                session
+                    .connection
+                    .close(CONNECTION_FORCED, "reconnecting".into()),
             )
             .await;
             if started.elapsed() >= HEALTHY_SESSION {
@@ -576,7 +592,9 @@ impl Broker {
                 .map_err(BrokerError::Channel)?;
             Some(channel)
         } else {
-            let _ = channel.close(200, "topology declared".into()).await;
+            let _ = channel
+                .close(REPLY_SUCCESS, "topology declared".into())
+                .await;
             None
         };
         Ok(Session {
@@ -597,7 +615,7 @@ async fn wait_for_loss(
     recycle: Option<Recycle>,
 ) -> Ended {
     let mut events = std::pin::pin!(events);
-    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut check = tokio::time::interval(LINK_CHECK_INTERVAL);
     // A blocked connection (a memory or disk alarm) is not a useless link:
     // the alarm blocks publishers on every node, so moving would only lose
     // the confirms in flight. Its overdue confirms are judged afresh from
@@ -650,7 +668,7 @@ pub async fn current_session(
 }
 
 /// Reads the work queue's ready count with a passive declare every
-/// `interval`, into `host_bridge_queue_messages{state="ready"}`, until `stop`.
+/// `interval`, into `host_bridge_queue_ready_messages`, until `stop`.
 pub async fn poll_queue_depth(
     mut sessions: SessionWatch,
     queue: String,
@@ -658,9 +676,7 @@ pub async fn poll_queue_depth(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let ready = metrics
-        .queue_messages
-        .with_label_values(&[queue.as_str(), "ready"]);
+    let ready = metrics.queue_ready.with_label_values(&[queue.as_str()]);
     while let Some(session) = current_session(&mut sessions, &stop).await {
         let channel = match session.connection.create_channel().await {
             Ok(channel) => channel,
@@ -694,7 +710,7 @@ pub async fn poll_queue_depth(
                 }
             }
         }
-        let _ = channel.close(200, "done".into()).await;
+        let _ = channel.close(REPLY_SUCCESS, "done".into()).await;
         // A failed declare (no such queue yet) closed the channel: wait one
         // interval before the next, rather than spinning.
         tokio::select! {

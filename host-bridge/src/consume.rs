@@ -31,12 +31,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::broker::{Backoff, Session, SessionWatch, Topology, current_session};
+use crate::broker::{Backoff, REPLY_SUCCESS, Session, SessionWatch, Topology, current_session};
 use crate::config::Config;
 use crate::metrics::{JobOutcome, Metrics};
 
 /// The first wait between pushes of a held job.
 const PUSH_BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// Resubscribing after the consumer stopped: from this delay, doubling
+/// (jittered) up to [`RESUBSCRIBE_BACKOFF_MAX`].
+const RESUBSCRIBE_BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// The longest wait between resubscribe attempts on one session.
+const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// How long a stopping consumer waits for each delivery already on its way
+/// (sent before the cancel), to requeue it rather than leave it unacked.
+const SHUTDOWN_SWEEP: Duration = Duration::from_millis(50);
 
 /// What the worker said about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,9 +226,24 @@ enum Settle {
     Requeue,
 }
 
-/// The bridge's client of the worker: pushes jobs, retries them in place,
-/// and settles each delivery with the broker.
-pub struct Worker {
+impl Settle {
+    /// The job's outcome: a requeue of a delivery that has used up the
+    /// queue's delivery limit is the broker's cue to dead-letter it.
+    fn outcome(self, previous_deliveries: u64, delivery_limit: u64) -> JobOutcome {
+        match self {
+            Settle::Ack => JobOutcome::Acked,
+            Settle::Reject => JobOutcome::DeadLettered,
+            Settle::Requeue if previous_deliveries >= delivery_limit => JobOutcome::DeadLettered,
+            Settle::Requeue => JobOutcome::Requeued,
+        }
+    }
+}
+
+/// Runs each delivery as a job, from its check to its settlement: pushes it
+/// to the worker (retrying in place), then acks, rejects or requeues it with
+/// the broker. It holds what that takes: the worker's URL and client, the
+/// queue's name, delivery limit and prefetch.
+pub struct JobRunner {
     queue: String,
     delivery_limit: u64,
     url: String,
@@ -230,7 +256,7 @@ pub struct Worker {
     metrics: Metrics,
 }
 
-impl Worker {
+impl JobRunner {
     /// Sends one job to the worker and reads its whole answer.
     pub async fn push(&self, body: &[u8]) -> PushResult {
         let request = self
@@ -279,57 +305,59 @@ impl Worker {
         // The id passed `job::validate_id`: safe to log as it is.
         let span = info_span!("job", %id, delivery = previous + 1);
         async {
-            let _timer = self.metrics.job_started(&self.queue);
+            let _timer = self.metrics.job_started();
             let started = Instant::now();
             let (settle, result) = self.push_until_settled(&delivery.data, &stop).await;
-            let acked = match settle {
-                Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-                Settle::Reject => {
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await
-                }
-                Settle::Requeue => {
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                }
-            };
-            // A requeue of a delivery that has used up the queue's delivery
-            // limit is the broker's cue to dead-letter it: count it as such.
-            let outcome = match settle {
-                Settle::Ack => JobOutcome::Acked,
-                Settle::Reject => JobOutcome::DeadLettered,
-                Settle::Requeue if previous >= self.delivery_limit => JobOutcome::DeadLettered,
-                Settle::Requeue => JobOutcome::Requeued,
-            };
-            match acked {
-                Ok(_) => {
-                    self.metrics.job_done(&self.queue, outcome);
-                    info!(
-                        outcome = outcome.label(),
-                        worker = ?result,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "job done"
-                    );
-                }
-                // The channel is gone; the broker requeues the delivery itself.
-                Err(e) => {
-                    self.metrics
-                        .ack_failures
-                        .with_label_values(&[&self.queue])
-                        .inc();
-                    warn!(error = %e, outcome = outcome.label(), "could not settle the delivery; the broker will requeue it");
-                }
+            let outcome = settle.outcome(previous, self.delivery_limit);
+            if self.settle(&delivery, settle, outcome).await {
+                info!(
+                    outcome = outcome.label(),
+                    worker = ?result,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "job done"
+                );
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Acks, rejects or requeues `delivery` and counts `outcome`; `false`
+    /// if the channel is gone (the broker then requeues it itself, and the
+    /// failure is counted instead).
+    async fn settle(&self, delivery: &Delivery, settle: Settle, outcome: JobOutcome) -> bool {
+        let settled = match settle {
+            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Settle::Reject => {
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+            }
+            Settle::Requeue => {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+            }
+        };
+        match settled {
+            Ok(_) => {
+                self.metrics.job_done(&self.queue, outcome);
+                true
+            }
+            Err(e) => {
+                self.metrics
+                    .ack_failures
+                    .with_label_values(&[&self.queue])
+                    .inc();
+                warn!(error = %e, outcome = outcome.label(), "could not settle the delivery; the broker will requeue it");
+                false
+            }
+        }
     }
 
     /// Pushes until the worker gives an answer that settles the delivery,
@@ -408,20 +436,8 @@ impl Worker {
             bytes = delivery.data.len(),
             "not a valid job; dead-lettered without a push"
         );
-        let rejected = delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
+        self.settle(&delivery, Settle::Reject, JobOutcome::DeadLettered)
             .await;
-        match rejected {
-            Ok(_) => self.metrics.job_done(&self.queue, JobOutcome::DeadLettered),
-            Err(e) => {
-                self.metrics
-                    .ack_failures
-                    .with_label_values(&[&self.queue])
-                    .inc();
-                warn!(error = %e, "could not dead-letter the malformed delivery");
-            }
-        }
     }
 }
 
@@ -431,7 +447,9 @@ pub fn worker_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         // A redirect from the worker means a wrong URL; don't follow it.
         .redirect(reqwest::redirect::Policy::none())
-        // Loopback: keep connections to the worker alive and skip Nagle.
+        // Loopback: keep connections to the worker alive and skip Nagle,
+        // and never go through a proxy from the environment.
+        .no_proxy()
         .tcp_nodelay(true)
         .build()
 }
@@ -458,7 +476,7 @@ impl ConsumeStatus {
 
 /// The consume role.
 pub struct ConsumeRole {
-    worker: Arc<Worker>,
+    runner: Arc<JobRunner>,
     topology: Topology,
     sessions: SessionWatch,
     consuming: Arc<AtomicBool>,
@@ -475,7 +493,7 @@ impl ConsumeRole {
         metrics: Metrics,
     ) -> Self {
         Self {
-            worker: Arc::new(Worker {
+            runner: Arc::new(JobRunner {
                 queue: config.queue.clone(),
                 delivery_limit: config.delivery_limit.into(),
                 url: config.worker_url.clone(),
@@ -498,7 +516,7 @@ impl ConsumeRole {
     pub fn status(&self) -> ConsumeStatus {
         ConsumeStatus {
             consuming: self.consuming.clone(),
-            worker: self.worker.health.clone(),
+            worker: self.runner.health.clone(),
         }
     }
 
@@ -514,7 +532,7 @@ impl ConsumeRole {
         let tracker = TaskTracker::new();
         let mut sessions = self.sessions.clone();
         let mut last_channel = None;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(RESUBSCRIBE_BACKOFF_BASE, RESUBSCRIBE_BACKOFF_MAX);
         while let Some(session) = current_session(&mut sessions, &stop).await {
             match self
                 .consume_on(&session, &tracker, &stop, &mut backoff)
@@ -551,7 +569,7 @@ impl ConsumeRole {
             ),
         }
         if let Some(channel) = last_channel {
-            let _ = channel.close(200, "drained".into()).await;
+            let _ = channel.close(REPLY_SUCCESS, "drained".into()).await;
         }
     }
 
@@ -567,16 +585,16 @@ impl ConsumeRole {
         let (channel, mut consumer) = self.subscribe(session).await?;
         self.consuming.store(true, Ordering::SeqCst);
         backoff.reset();
-        info!(queue = %self.worker.queue, prefetch = self.worker.prefetch, "consuming");
+        info!(queue = %self.runner.queue, prefetch = self.runner.prefetch, "consuming");
         loop {
             // Paused while the worker can't take work: new deliveries wait in
             // the queue, visible to the autoscaler and to other pods, and the
             // held ones (at most the prefetch) are retried in place.
-            if !self.worker.health.is_up() {
+            if !self.runner.health.is_up() {
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
-                    () = self.worker.health.wait_up() => {}
+                    () = self.runner.health.wait_up() => {}
                 }
             }
             tokio::select! {
@@ -585,9 +603,9 @@ impl ConsumeRole {
                 () = stop.cancelled() => break,
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        let worker = self.worker.clone();
+                        let runner = self.runner.clone();
                         let stop = stop.clone();
-                        tracker.spawn(async move { worker.handle(delivery, stop).await });
+                        tracker.spawn(async move { runner.handle(delivery, stop).await });
                     }
                     Some(Err(e)) => return Err(ConsumeError::Stream(e)),
                     None => return Err(ConsumeError::Ended),
@@ -604,7 +622,7 @@ impl ConsumeRole {
         // Deliveries that arrived before the cancel but were not started go
         // straight back to the queue: a stopping bridge starts no new work.
         while let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+            tokio::time::timeout(SHUTDOWN_SWEEP, consumer.next()).await
         {
             debug!("requeueing a delivery that arrived during shutdown");
             let _ = delivery
@@ -634,12 +652,12 @@ impl ConsumeRole {
         // jobs than it works on, so the rest stay ready for other pods (and
         // visible to the autoscaler as queue length).
         channel
-            .basic_qos(self.worker.prefetch, BasicQosOptions::default())
+            .basic_qos(self.runner.prefetch, BasicQosOptions::default())
             .await
             .map_err(ConsumeError::Subscribe)?;
         let consumer = channel
             .basic_consume(
-                self.worker.queue.as_str().into(),
+                self.runner.queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -133,6 +134,13 @@ impl Bridge {
 
     /// Runs until `shutdown` resolves, then drains and closes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let running = self.start();
+        shutdown.await;
+        running.drain().await;
+    }
+
+    /// Starts the broker session, the enabled roles and the admin server.
+    fn start(self) -> Running {
         let Bridge {
             config,
             metrics,
@@ -152,6 +160,10 @@ impl Bridge {
         let stop = CancellationToken::new();
         let close = CancellationToken::new();
         let admin_stop = CancellationToken::new();
+        let serve = |what: &'static str, listener, router| {
+            let served = api::serve(listener, router, limits, stop.clone().cancelled_owned());
+            (what, tokio::spawn(served))
+        };
 
         let sessions = broker.sessions();
         let broker_task = tokio::spawn(broker.run(close.clone()));
@@ -162,7 +174,6 @@ impl Bridge {
             metrics.clone(),
             stop.clone(),
         ));
-
         let mut consuming = None;
         let consume_task = worker_client.map(|client| {
             let role =
@@ -170,37 +181,28 @@ impl Bridge {
             consuming = Some(role.status());
             tokio::spawn(role.run(stop.clone()))
         });
+        let mut servers = Vec::new();
         let mut publishing = None;
-        let publish_task = publish_listener.map(|listener| {
+        if let Some(listener) = publish_listener {
             let api = Arc::new(publish::PublishApi::new(
                 &config,
                 sessions.clone(),
                 metrics.clone(),
             ));
             publishing = Some(api.clone());
-            tokio::spawn(api::serve(
-                listener,
-                api.router(),
-                limits,
-                stop.clone().cancelled_owned(),
-            ))
-        });
+            servers.push(serve("publish API", listener, api.router()));
+        }
         let mut fronting = None;
-        let ingress_task = ingress.map(|(listener, role)| {
+        if let Some((listener, role)) = ingress {
             let role = Arc::new(role);
             fronting = Some(role.clone());
-            tokio::spawn(api::serve(
-                listener,
-                role.router(),
-                limits,
-                stop.clone().cancelled_owned(),
-            ))
-        });
+            servers.push(serve("ingress", listener, role.router()));
+        }
         let readiness = admin::Readiness::new(sessions, publishing, consuming, stop.clone())
             .with_ingress(fronting);
         let admin_task = tokio::spawn(api::serve(
             admin_listener,
-            admin::router(metrics.clone(), readiness),
+            admin::router(metrics, readiness),
             limits,
             admin_stop.clone().cancelled_owned(),
         ));
@@ -208,43 +210,72 @@ impl Bridge {
             warn!("{warning}");
         }
         info!(roles = ?config.roles, queue = %config.queue, "host-bridge started");
+        Running {
+            config,
+            stop,
+            close,
+            admin_stop,
+            servers,
+            consume_task,
+            depth_task,
+            broker_task,
+            admin_task,
+        }
+    }
+}
 
-        shutdown.await;
+/// A started bridge: its tasks, and the tokens that stop them in order.
+struct Running {
+    config: Config,
+    stop: CancellationToken,
+    close: CancellationToken,
+    admin_stop: CancellationToken,
+    servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
+    consume_task: Option<JoinHandle<()>>,
+    depth_task: JoinHandle<()>,
+    broker_task: JoinHandle<()>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops taking work, lets in-flight work finish under its deadlines,
+    /// then closes the broker connection, and the admin server last.
+    async fn drain(self) {
+        let config = &self.config;
         info!(grace = ?config.shutdown_grace, "stopping: no new work; draining");
-        stop.cancel();
+        self.stop.cancel();
         // The consumer bounds its own drain by the grace period; the publish
         // API's in-flight requests are bounded by the confirm timeout, the
-        // ingress's by the producer timeout. The
-        // outer bound only guards against a stuck task.
+        // ingress's by the producer timeout. The outer bound only guards
+        // against a stuck task.
         let drain = async {
-            if let Some(task) = publish_task
-                && let Ok(Err(e)) = task.await
-            {
-                warn!(error = %e, "publish API failed");
+            for (what, task) in self.servers {
+                if let Ok(Err(e)) = task.await {
+                    warn!(error = %e, "{what} failed");
+                }
             }
-            if let Some(task) = ingress_task
-                && let Ok(Err(e)) = task.await
-            {
-                warn!(error = %e, "ingress failed");
-            }
-            if let Some(task) = consume_task {
+            if let Some(task) = self.consume_task {
                 let _ = task.await;
             }
-            let _ = depth_task.await;
+            let _ = self.depth_task.await;
         };
         let bound = config.shutdown_grace
             + config.publish_timeout.max(config.producer_timeout)
-            + Duration::from_secs(1);
+            + DRAIN_SLACK;
         if tokio::time::timeout(bound, drain).await.is_err() {
             warn!(?bound, "drain did not finish; closing anyway");
         }
-        close.cancel();
-        let _ = broker_task.await;
-        admin_stop.cancel();
-        let _ = admin_task.await;
+        self.close.cancel();
+        let _ = self.broker_task.await;
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
         info!("host-bridge stopped");
     }
 }
+
+/// Beyond the roles' own deadlines, what a drain may take before the
+/// bridge closes anyway.
+const DRAIN_SLACK: Duration = Duration::from_secs(1);
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BridgeError> {
     TcpListener::bind(addr)

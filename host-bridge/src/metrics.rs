@@ -127,9 +127,10 @@ pub struct Metrics {
     pub job_duration: Histogram,
     /// Jobs being worked on by this bridge now.
     pub jobs_in_flight: IntGauge,
-    /// Queue depth: `ready` from a passive declare (queue-wide), `unacked`
-    /// held by this bridge.
-    pub queue_messages: IntGaugeVec,
+    /// Ready messages in the queue, from a passive declare: queue-wide, so
+    /// every bridge reports the same figure (combine with `max`, never
+    /// `sum`). What this bridge holds unacked is `jobs_in_flight`.
+    pub queue_ready: IntGaugeVec,
     /// Acks, nacks or rejects that failed (the broker requeues those itself).
     pub ack_failures: IntCounterVec,
     /// 1 while an AMQP connection is open.
@@ -232,13 +233,13 @@ impl Metrics {
             .expect("valid metric"),
             jobs_in_flight: IntGauge::new("jobs_in_flight", "Jobs in progress in this bridge.")
                 .expect("valid metric"),
-            queue_messages: IntGaugeVec::new(
+            queue_ready: IntGaugeVec::new(
                 Opts::new(
-                    "queue_messages",
-                    "Messages in the queue: ready (queue-wide, from a passive declare) \
-                     and unacked (held by this bridge).",
+                    "queue_ready_messages",
+                    "Ready messages in the queue (queue-wide, from a passive declare): \
+                     combine with max.",
                 ),
-                &["queue", "state"],
+                &["queue"],
             )
             .expect("valid metric"),
             ack_failures: IntCounterVec::new(
@@ -316,7 +317,7 @@ impl Metrics {
             Box::new(self.publish_duration.clone()),
             Box::new(self.job_duration.clone()),
             Box::new(self.jobs_in_flight.clone()),
-            Box::new(self.queue_messages.clone()),
+            Box::new(self.queue_ready.clone()),
             Box::new(self.ack_failures.clone()),
             Box::new(self.broker_up.clone()),
             Box::new(self.broker_connected.clone()),
@@ -354,15 +355,11 @@ impl Metrics {
         self.jobs.with_label_values(&[queue, outcome.label()]).inc();
     }
 
-    /// Starts timing one job; the guard counts it in flight (and as unacked
-    /// in `queue`) until dropped.
-    pub fn job_started(&self, queue: &str) -> JobTimer {
-        let unacked = self.queue_messages.with_label_values(&[queue, "unacked"]);
+    /// Starts timing one job; the guard counts it in flight until dropped.
+    pub fn job_started(&self) -> JobTimer {
         self.jobs_in_flight.inc();
-        unacked.inc();
         JobTimer {
             in_flight: self.jobs_in_flight.clone(),
-            unacked,
             duration: self.job_duration.clone(),
             started: Instant::now(),
         }
@@ -388,7 +385,6 @@ impl Default for Metrics {
 /// flight meanwhile. Observing on `Drop` measures early returns too.
 pub struct JobTimer {
     in_flight: IntGauge,
-    unacked: IntGauge,
     duration: Histogram,
     started: Instant,
 }
@@ -396,7 +392,6 @@ pub struct JobTimer {
 impl Drop for JobTimer {
     fn drop(&mut self) {
         self.in_flight.dec();
-        self.unacked.dec();
         self.duration.observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -432,11 +427,10 @@ mod tests {
     #[test]
     fn job_timer_counts_in_flight_until_dropped() {
         let metrics = Metrics::new();
-        let unacked = metrics.queue_messages.with_label_values(&["q", "unacked"]);
-        let timer = metrics.job_started("q");
-        assert_eq!((metrics.jobs_in_flight.get(), unacked.get()), (1, 1));
+        let timer = metrics.job_started();
+        assert_eq!(metrics.jobs_in_flight.get(), 1);
         drop(timer);
-        assert_eq!((metrics.jobs_in_flight.get(), unacked.get()), (0, 0));
+        assert_eq!(metrics.jobs_in_flight.get(), 0);
         assert_eq!(metrics.job_duration.get_sample_count(), 1);
     }
 }

@@ -48,6 +48,10 @@ pub const DEADLINE_HEADER: &str = "publish-deadline";
 /// Time kept back from a deadline for writing the answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
+/// The largest observation report (`{route, method, status}` is tens of
+/// bytes).
+const MAX_OBSERVATION_BYTES: usize = 1024;
+
 /// Why a publish did not end in a confirm.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -474,7 +478,7 @@ async fn observe(
     let bytes = read_json_body(
         headers.get(header::CONTENT_TYPE),
         body,
-        1024,
+        MAX_OBSERVATION_BYTES,
         api.body_timeout,
     )
     .await?;
