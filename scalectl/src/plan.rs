@@ -93,6 +93,10 @@ pub struct Plan {
     pub lower_bound: f64,
 }
 
+/// Slack for comparing simulated times (sums of fractional steps): an event
+/// at exactly `t` must count as happened by `t` despite rounding.
+const TIME_EPSILON: f64 = 1e-9;
+
 struct Pod {
     ready_at: f64,
     /// When each job in hand finishes.
@@ -114,7 +118,8 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let mut ready = 0;
     let mut burst_pending = true;
     let mut rate_arrived = 0u32;
-    let steady = |t: f64| (scenario.rate * t.min(scenario.rate_duration) + 1e-9).floor() as u32;
+    let steady =
+        |t: f64| (scenario.rate * t.min(scenario.rate_duration) + TIME_EPSILON).floor() as u32;
     let total = scenario.burst + steady(scenario.rate_duration);
     let (mut stats, mut scraped) = (0.0, 0.0);
     let mut ticks = Vec::new();
@@ -131,7 +136,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     for step in 0..=steps {
         let t = step as f64 * STEP;
         // Arrivals.
-        if burst_pending && t + 1e-9 >= scenario.burst_at {
+        if burst_pending && t + TIME_EPSILON >= scenario.burst_at {
             burst_pending = false;
             ready += scenario.burst;
         }
@@ -141,14 +146,14 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         // Finished jobs leave; pods that were removed go once idle.
         for pod in &mut pods {
             let before = pod.busy.len();
-            pod.busy.retain(|end| *end > t + 1e-9);
+            pod.busy.retain(|end| *end > t + TIME_EPSILON);
             done += (before - pod.busy.len()) as u32;
         }
         pods.retain(|p| !(p.leaving && p.busy.is_empty()));
         // Ready pods take work.
         for pod in pods
             .iter_mut()
-            .filter(|p| !p.leaving && p.ready_at <= t + 1e-9)
+            .filter(|p| !p.leaving && p.ready_at <= t + TIME_EPSILON)
         {
             while ready > 0 && (pod.busy.len() as u32) < scenario.concurrency {
                 ready -= 1;

@@ -60,16 +60,30 @@ fn the_chart_is_well_formed_svg_with_both_series() -> anyhow::Result<()> {
     );
     let svg = scalectl::chart::plan_svg(&result, "test")?;
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    // Every element that opens closes: count tags the cheap way.
-    let opens = svg.matches('<').count();
-    let closes = svg.matches('>').count();
-    assert_eq!(opens, closes);
-    for label in ["queue depth (ready + unacked)", "replicas"] {
+    for label in [
+        "queue depth (ready + unacked)",
+        "metric the HPA saw",
+        "replicas",
+    ] {
         assert!(svg.contains(label), "legend {label} missing");
     }
-    assert!(
-        svg.matches("<polyline").count() >= 3,
-        "queue depth, metric and replica lines"
+    // Each series is drawn from every tick of the plan: three lines of
+    // exactly `timeline.len()` points, and no two alike.
+    let lines: Vec<Vec<&str>> = svg
+        .split("<polyline")
+        .skip(1)
+        .filter_map(|element| {
+            let points = element.split("points=\"").nth(1)?.split('"').next()?;
+            Some(points.split_whitespace().collect())
+        })
+        .filter(|points: &Vec<&str>| points.len() == result.timeline.len())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "three series of {} points",
+        result.timeline.len()
     );
+    assert!(lines[0] != lines[1] && lines[1] != lines[2] && lines[0] != lines[2]);
     Ok(())
 }
