@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use e2e::process::BridgeProcess;
+use testkit::process::BridgeProcess;
 use tokio::sync::oneshot;
 use wasmtime::{ResourceLimiter, Store};
 
@@ -115,7 +115,7 @@ impl Cost {
 pub async fn measure(options: &Options, rss: Rss) -> Result<Cost> {
     let mut startup = Vec::new();
     for _ in 0..5 {
-        let queue = crate::queue_name("startup");
+        let queue = testkit::amqp::TestQueue::on(&options.amqp_url, "bench-startup");
         let started = Instant::now();
         let bridge = BridgeProcess::spawn_binary(
             &options.bridge,
@@ -135,13 +135,7 @@ pub async fn measure(options: &Options, rss: Rss) -> Result<Cost> {
         }
         startup.push(started.elapsed());
         bridge.sigterm()?;
-        let raw = crate::raw::Raw::connect(&options.amqp_url).await?;
-        for q in [queue.clone(), format!("{queue}.dead")] {
-            let _ = raw
-                .channel
-                .queue_delete(q.as_str().into(), Default::default())
-                .await;
-        }
+        // `queue` deletes its topology (.dead and .dlx too) as it drops.
     }
     let (instantiate, wasm_memory) = instantiation(300).await?;
     Ok(Cost {
@@ -155,11 +149,11 @@ pub async fn measure(options: &Options, rss: Rss) -> Result<Cost> {
 /// Instantiates the worker `n` times, each in a fresh store, as a host does
 /// per request; returns the times and the linear memory one instance takes.
 async fn instantiation(n: usize) -> Result<(Vec<Duration>, usize)> {
-    let pre = e2e::wasm::proxy_pre("worker")?;
+    let pre = testkit::wasm::proxy_pre("worker")?;
     let mut times = Vec::with_capacity(n);
     let mut memory = 0;
     for _ in 0..n {
-        let mut store = Store::new(e2e::wasm::engine(), e2e::wasm::Guest::new(&[]));
+        let mut store = Store::new(testkit::wasm::engine(), testkit::wasm::Guest::new(&[]));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         let started = Instant::now();
         let _proxy = pre.instantiate_async(&mut store).await?;

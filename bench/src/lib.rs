@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use e2e::process::BridgeProcess;
 use serde_json::json;
+use testkit::amqp::TestQueue;
+use testkit::process::BridgeProcess;
 
 use crate::load::MakeRequest;
 use crate::raw::Raw;
@@ -50,8 +51,8 @@ pub struct Options {
 /// A served component: a `wasmtime serve` process (with `make up`'s flags)
 /// or an in-process host.
 enum Served {
-    Process(e2e::runtime::WasmtimeServe),
-    InProcess(e2e::wasm::ServedComponent),
+    Process(testkit::runtime::WasmtimeServe),
+    InProcess(testkit::wasm::ServedComponent),
 }
 
 impl Served {
@@ -66,18 +67,10 @@ impl Served {
 async fn serve(options: &Options, name: &str, env: &[(&str, &str)]) -> Result<Served> {
     Ok(match &options.wasmtime {
         Some(wasmtime) => {
-            Served::Process(e2e::runtime::WasmtimeServe::start_with(wasmtime, name, env).await?)
+            Served::Process(testkit::runtime::WasmtimeServe::start_with(wasmtime, name, env).await?)
         }
-        None => Served::InProcess(e2e::wasm::serve(name, env).await?),
+        None => Served::InProcess(testkit::wasm::serve(name, env).await?),
     })
-}
-
-fn queue_name(case: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("bench.{case}.{nanos}")
 }
 
 /// One row of a results table.
@@ -142,7 +135,7 @@ pub async fn run(options: &Options) -> Result<Results> {
 /// Publish path: (a) /generate through the Wasm producer, (b) the bridge's
 /// publish API, (c) raw lapin with pipelined confirms.
 async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
-    let queue = queue_name("publish");
+    let queue = TestQueue::on(&options.amqp_url, "bench-publish");
     let bridge = BridgeProcess::spawn_binary(
         &options.bridge,
         &options.amqp_url,
@@ -226,26 +219,19 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
         }
         rows.extend([a, a_quiet, b, c]);
     }
-    let _ = raw
-        .channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await;
     bridge.sigterm()?;
     Ok((rows, rss))
 }
 
 /// The cumulative buckets of `host_bridge_job_duration_seconds` from a scrape.
 fn job_buckets(text: &str) -> Vec<(f64, f64)> {
-    text.lines()
-        .filter(|l| l.starts_with("host_bridge_job_duration_seconds_bucket{"))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
+    testkit::samples(text, "host_bridge_job_duration_seconds_bucket")
+        .filter_map(|(labels, count)| {
+            let bound = match labels.get("le")?.as_str() {
+                "+Inf" => f64::INFINITY,
+                le => le.parse().ok()?,
             };
-            Some((bound, l.rsplit(' ').next()?.parse().ok()?))
+            Some((bound, count))
         })
         .collect()
 }
@@ -262,7 +248,7 @@ async fn consume_path(options: &Options) -> Result<Vec<Row>> {
             ("bridge → Wasm worker", wasm_worker.url("/work")),
             ("bridge → native handler", native.clone()),
         ] {
-            let queue = queue_name("consume");
+            let queue = TestQueue::on(&options.amqp_url, "bench-consume");
             let p = prefetch.to_string();
             let bridge = BridgeProcess::spawn_binary(
                 &options.bridge,
@@ -291,14 +277,10 @@ async fn consume_path(options: &Options) -> Result<Vec<Row>> {
                 row.p99.push(histogram_quantile(0.99, &delta) * 1e3);
             }
             bridge.sigterm()?;
-            let _ = raw
-                .channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
             rows.push(row);
         }
         // Raw: a queue declared as the bridge declares it.
-        let queue = queue_name("consume-raw");
+        let queue = TestQueue::on(&options.amqp_url, "bench-consume-raw");
         let declarer = BridgeProcess::spawn_binary(
             &options.bridge,
             &options.amqp_url,
@@ -329,10 +311,6 @@ async fn consume_path(options: &Options) -> Result<Vec<Row>> {
             }
         }
         declarer.sigterm()?;
-        let _ = raw
-            .channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
         rows.push(row);
     }
     Ok(rows)
@@ -348,17 +326,18 @@ async fn drain_through_bridge(
 ) -> Result<(Duration, Vec<(f64, f64)>)> {
     let before = bridge.admin("/metrics").await?.1;
     let acked_before =
-        e2e::metric_value(&before, "host_bridge_jobs_total", &[("outcome", "acked")]);
+        testkit::metric_value(&before, "host_bridge_jobs_total", &[("outcome", "acked")]);
     let started = Instant::now();
     raw.publish(queue, count, 256).await?;
     let target = acked_before + count as f64;
     let after = loop {
         let text = bridge.admin("/metrics").await?.1;
-        let acked = e2e::metric_value(&text, "host_bridge_jobs_total", &[("outcome", "acked")]);
+        let acked = testkit::metric_value(&text, "host_bridge_jobs_total", &[("outcome", "acked")]);
         if acked >= target {
             break text;
         }
-        if e2e::metric_value(&text, "host_bridge_jobs_total", &[("outcome", "requeued")]) > 0.0 {
+        if testkit::metric_value(&text, "host_bridge_jobs_total", &[("outcome", "requeued")]) > 0.0
+        {
             bail!("the worker failed jobs during the benchmark");
         }
         if started.elapsed() > Duration::from_secs(300) {

@@ -35,14 +35,7 @@ impl Run {
     }
 }
 
-/// The `q` quantile of sorted samples, nearest rank.
-pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
+pub use scalectl::load::quantile;
 
 /// The median and the (min, max) spread of values across runs.
 pub fn median_spread(values: &[f64]) -> (f64, f64, f64) {

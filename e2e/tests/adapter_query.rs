@@ -11,14 +11,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::admin::MetricSource;
-use e2e::bridge::RunningBridge;
-use e2e::cluster::Cluster;
-use e2e::private_broker::PrivateBroker;
-use e2e::prometheus::Prometheus;
-use e2e::rig::{job, publish_to};
-use e2e::standin::StandIn;
 use serde_json::{Value, json};
+use testkit::admin::MetricSource;
+use testkit::bridge::RunningBridge;
+use testkit::cluster::Cluster;
+use testkit::private_broker::PrivateBroker;
+use testkit::prometheus::Prometheus;
+use testkit::rig::{job, publish_to};
+use testkit::standin::StandIn;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -108,17 +108,13 @@ fn render_external_query(
         .replace("<<.GroupBy>>", ""))
 }
 
-/// The HPA controller's replica count for one External AverageValue metric
-/// (replica_calculator.go, `GetExternalPerPodMetricReplicas`), clamped to
-/// min and max.
+/// The HPA controller's replica count for one External AverageValue metric,
+/// clamped to min and max: scalectl's model of `GetExternalPerPodMetricReplicas`
+/// (the one owner of that formula), without the behavior rules.
 fn hpa_replicas(metric: f64, target: f64, current: u32, min: u32, max: u32) -> u32 {
-    let ratio = metric / (target * f64::from(current));
-    let desired = if (1.0 - ratio).abs() > 0.1 {
-        (metric / target).ceil() as u32
-    } else {
-        current
-    };
-    desired.clamp(min, max)
+    let current = i32::try_from(current).unwrap_or(i32::MAX);
+    let desired = scalectl::hpa::metric_replicas(metric, target, current);
+    u32::try_from(desired).unwrap_or(0).clamp(min, max)
 }
 
 /// The example the HPA's comment promises: "- K jobs queued, C worker(s):
@@ -239,7 +235,7 @@ async fn the_adapter_query_returns_the_queue_length_and_the_hpa_scales_as_promis
 
     let query = render_external_query(&adapter_rule()?, &selector, namespace)?;
     println!("adapter query: {query}");
-    let value = e2e::eventually(
+    let value = testkit::eventually(
         "the query to see every job",
         Duration::from_secs(30),
         || async {
@@ -267,7 +263,7 @@ async fn the_adapter_query_returns_the_queue_length_and_the_hpa_scales_as_promis
     let confirmed_query = format!(
         r#"sum(host_bridge_published_total{{namespace="{namespace}",outcome="confirmed"}})"#
     );
-    let confirmed = e2e::eventually(
+    let confirmed = testkit::eventually(
         "a scrape of the bridge",
         Duration::from_secs(20),
         || async {
@@ -371,7 +367,7 @@ async fn every_dashboard_metric_is_exported_by_the_bridge_or_rabbitmq() -> Resul
     .await?;
     let mut exported = BTreeSet::new();
     for job in ["rabbitmq-0", "rabbitmq-1", "host-bridge"] {
-        let names = e2e::eventually(
+        let names = testkit::eventually(
             &format!("a scrape of {job}"),
             Duration::from_secs(20),
             || async {
@@ -383,7 +379,7 @@ async fn every_dashboard_metric_is_exported_by_the_bridge_or_rabbitmq() -> Resul
         exported.extend(names);
     }
     // The queue-level family shows up once the queue has stats.
-    e2e::eventually(
+    testkit::eventually(
         "rabbitmq_detailed_queue_messages",
         Duration::from_secs(20),
         || async {
@@ -509,7 +505,7 @@ async fn on_a_three_node_cluster_the_adapter_query_counts_the_queue_once() -> Re
     let raw =
         format!(r#"rabbitmq_detailed_queue_messages{{queue="{queue}",namespace="{namespace}"}}"#);
     let see_all = async |what: &str| {
-        e2e::eventually(what, Duration::from_secs(30), || async {
+        testkit::eventually(what, Duration::from_secs(30), || async {
             let value = prometheus.query(&query).await.ok()?.first()?.1;
             (value >= f64::from(jobs)).then_some(value)
         })
@@ -539,7 +535,7 @@ async fn on_a_three_node_cluster_the_adapter_query_counts_the_queue_once() -> Re
         .await?;
     let new_leader = &cluster.nodes[cluster.index_of(&after.leader)?];
     let new_instance = new_leader.prometheus_addr().context("prometheus port")?;
-    let reporting = e2e::eventually(
+    let reporting = testkit::eventually(
         "the new leader to report the queue",
         Duration::from_secs(60),
         || async {
@@ -548,7 +544,7 @@ async fn on_a_three_node_cluster_the_adapter_query_counts_the_queue_once() -> Re
         },
     )
     .await;
-    let value = e2e::eventually(
+    let value = testkit::eventually(
         "Prometheus to hold the new leader's series only",
         Duration::from_secs(60),
         || async {

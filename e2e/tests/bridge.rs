@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, unique_queue};
-use e2e::bridge::RunningBridge;
-use e2e::rig::{Rig, job, publish_to};
 use serde_json::{Value, json};
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, unique_queue};
+use testkit::bridge::RunningBridge;
+use testkit::rig::{Rig, job, publish_to};
 
 async fn publish(bridge: &RunningBridge, body: String) -> Result<reqwest::Response> {
     publish_to(&bridge.publish_url("/v1/publish"), body).await
@@ -177,7 +177,7 @@ async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Resu
 
     // The poison job is in the dead-letter queue, once, and nothing is left.
     let dead_queue = format!("{}.dead", rig.queue);
-    let dead = e2e::eventually(
+    let dead = testkit::eventually(
         "the poison job in the dead-letter queue",
         Duration::from_secs(10),
         || async {
@@ -262,7 +262,7 @@ async fn graceful_stop_finishes_the_job_in_flight_and_acks_it_once() -> Result<(
         "{:?}",
         stopping.elapsed()
     );
-    let acked = e2e::metric_value(
+    let acked = testkit::metric_value(
         &metrics.encode(),
         "host_bridge_jobs_total",
         &[("outcome", "acked")],
@@ -295,7 +295,7 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
         "host_bridge_publish_duration_seconds_bucket",
         "host_bridge_job_duration_seconds_bucket",
         "host_bridge_jobs_in_flight",
-        "host_bridge_queue_messages",
+        "host_bridge_queue_ready_messages",
         "host_bridge_broker_up",
     ] {
         assert!(
@@ -304,7 +304,7 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
         );
     }
     let ready = format!(
-        r#"host_bridge_queue_messages{{queue="{}",state="ready"}}"#,
+        r#"host_bridge_queue_ready_messages{{queue="{}"}}"#,
         rig.queue
     );
     assert!(text.contains(&ready), "{text}");
@@ -317,7 +317,7 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
 /// binary, run as Kubernetes would, with settings in the environment.
 #[test]
 fn a_bad_setting_exits_64_with_one_line_and_help_exits_0() -> Result<()> {
-    let bridge = e2e::process::bridge_binary();
+    let bridge = testkit::process::bridge_binary();
     for (var, value, names) in [
         ("PUBLISH_TIMEOUT", "5", "--publish-timeout"),
         ("CONCURRENCY", "abc", "--concurrency"),

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, unique_queue};
-use e2e::cluster::Cluster;
-use e2e::load::{Answer, paced};
-use e2e::process::BridgeProcess;
-use e2e::standin::StandIn;
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, unique_queue};
+use testkit::cluster::Cluster;
+use testkit::load::{Answer, paced};
+use testkit::process::BridgeProcess;
+use testkit::standin::StandIn;
 use tokio::task::JoinHandle;
 
 /// One cluster at a time: three Erlang VMs each already load two cores.
@@ -52,7 +52,7 @@ const BRIDGE_FLAGS: [&str; 10] = [
 /// worker, and paced load through both publishers.
 struct Rig {
     cluster: Cluster,
-    queue: String,
+    queue: testkit::amqp::TestQueue,
     worker: StandIn,
     publishers: Vec<BridgeProcess>,
     consumers: Vec<BridgeProcess>,
@@ -144,7 +144,7 @@ impl Rig {
     /// publishes beyond what they have now.
     async fn wait_confirmed(&self, more: f64) {
         let target = self.confirmed().await + more;
-        e2e::eventually(
+        testkit::eventually(
             &format!("{more} more confirmed publishes"),
             Duration::from_secs(90),
             || async { (self.confirmed().await >= target).then_some(()) },
@@ -187,7 +187,7 @@ impl Rig {
         // Whatever is still queued (a 504 that was queued after all, a
         // redelivery) reaches the worker too before the queue is empty.
         let inspector = Inspector::connect_to(&self.cluster.running()?.amqp_url()).await?;
-        e2e::eventually("the queue to drain", Duration::from_secs(60), || async {
+        testkit::eventually("the queue to drain", Duration::from_secs(60), || async {
             let mut held = 0.0;
             for c in &self.consumers {
                 held += c.metric("host_bridge_jobs_in_flight", &[]).await;
@@ -350,7 +350,7 @@ async fn c_a_minority_left_refuses_promptly_never_a_false_202_and_recovers() -> 
     let minority = Instant::now();
     // One node of three: no quorum, so no confirm can come. The bridges
     // must say so (503, or 504 for what was already sent), not hang.
-    e2e::eventually(
+    testkit::eventually(
         "every bridge to say not ready",
         Duration::from_secs(30),
         || async {
@@ -366,7 +366,7 @@ async fn c_a_minority_left_refuses_promptly_never_a_false_202_and_recovers() -> 
     // Refusals for a while: long enough for several heartbeats, reconnect
     // attempts and recycled links to have run into the minority.
     let base = rig.unconfirmed().await;
-    e2e::eventually(
+    testkit::eventually(
         "200 answers other than 202 in the minority",
         Duration::from_secs(60),
         || async { (rig.unconfirmed().await >= base + 200.0).then_some(()) },

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, unique_queue};
-use e2e::bridge::RunningBridge;
-use e2e::wasm;
 use serde_json::Value;
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, unique_queue};
+use testkit::bridge::RunningBridge;
+use testkit::wasm;
 
 /// Serves the producer against `bridge`'s publish API.
 async fn producer_for(bridge: &RunningBridge) -> Result<wasm::ServedComponent> {
@@ -386,7 +386,7 @@ async fn worker_does_the_work_and_refuses_what_it_cannot_parse() -> Result<()> {
 /// closed port, so a publish attempt would answer 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_get_a_json_404_under_wasmtime_serve() -> Result<()> {
-    let producer = e2e::runtime::WasmtimeServe::start(
+    let producer = testkit::runtime::WasmtimeServe::start(
         "producer",
         &[
             ("BRIDGE_PUBLISH_URL", "http://127.0.0.1:9/v1/publish"),

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, unique_queue};
-use e2e::bridge::RunningBridge;
-use e2e::wasm;
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, unique_queue};
+use testkit::bridge::RunningBridge;
+use testkit::wasm;
 
 const JOBS: usize = 50;
 

@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, amqp_url, unique_queue};
-use e2e::bridge::RunningBridge;
-use e2e::private_broker::PrivateBroker;
-use e2e::process::BridgeProcess;
-use e2e::rig::{Rig, job, publish_to};
-use e2e::standin::StandIn;
-use e2e::wasm;
 use serde_json::json;
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, amqp_url, unique_queue};
+use testkit::bridge::RunningBridge;
+use testkit::private_broker::PrivateBroker;
+use testkit::process::BridgeProcess;
+use testkit::rig::{Rig, job, publish_to};
+use testkit::standin::StandIn;
+use testkit::wasm;
 
 /// What a fault test counted.
 #[derive(Debug, Default)]
@@ -30,12 +30,49 @@ struct Figures {
 }
 
 impl Figures {
+    /// The figures, measured: `accepted` the ids answered 202, `processed`
+    /// the ids the worker answered 2xx (with how many times), `dead` the
+    /// ids found in the dead-letter queue. Lost is what was accepted and is
+    /// in neither.
+    fn measured(
+        accepted: &BTreeSet<String>,
+        processed: &BTreeMap<String, usize>,
+        dead: &BTreeSet<String>,
+        redelivered: usize,
+    ) -> Self {
+        Self {
+            accepted: accepted.len(),
+            processed: processed.len(),
+            redelivered,
+            dead_lettered: dead.len(),
+            lost: accepted
+                .iter()
+                .filter(|id| !processed.contains_key(*id) && !dead.contains(*id))
+                .count(),
+        }
+    }
+
     fn report(&self, test: &str) {
         println!(
             "{test}: accepted {}, processed {}, redelivered {}, dead-lettered {}, lost {}",
             self.accepted, self.processed, self.redelivered, self.dead_lettered, self.lost
         );
     }
+}
+
+/// The ids of `set`, owned.
+fn ids<const N: usize>(set: [&str; N]) -> BTreeSet<String> {
+    set.into_iter().map(str::to_owned).collect()
+}
+
+/// The job ids in a queue, drained.
+async fn drained_ids(inspector: &Inspector, queue: &str) -> Result<BTreeSet<String>> {
+    inspector
+        .drain(queue)
+        .await?
+        .iter()
+        .map(|d| Ok(job::Job::from_body(&d.data)?.id))
+        .collect()
 }
 
 /// The ids in `ids` that `processed` lacks.
@@ -100,15 +137,15 @@ async fn a_consumer_killed_mid_job_the_job_is_redelivered_and_completed() -> Res
 
     let inspector = Inspector::connect().await?;
     assert_eq!(inspector.ready(&queue).await?, 0);
-    let figures = Figures {
-        accepted: 1,
-        processed: 1,
-        redelivered: attempt - 1,
-        dead_lettered: 0,
-        lost: 0,
-    };
+    let accepted = ids(["a"]);
+    let processed = worker
+        .until_processed(&accepted, Duration::from_secs(10))
+        .await;
+    let dead = drained_ids(&inspector, &format!("{queue}.dead")).await?;
+    let figures = Figures::measured(&accepted, &processed, &dead, attempt - 1);
     figures.report("a: consumer SIGKILLed mid-job");
     assert_eq!(figures.redelivered, 1);
+    assert_eq!(figures.lost, 0);
     second.sigterm()?;
     publisher.stop().await;
     inspector.delete_topology(&queue).await?;
@@ -200,7 +237,7 @@ async fn b_broker_restarted_during_publishing_every_accepted_job_is_processed() 
             }
         }));
     }
-    e2e::eventually(
+    testkit::eventually(
         "200 jobs accepted before the restart",
         Duration::from_secs(30),
         || async { (accepted_count.load(Ordering::SeqCst) >= 200).then_some(()) },
@@ -208,12 +245,12 @@ async fn b_broker_restarted_during_publishing_every_accepted_job_is_processed() 
     .await;
     broker.stop().await?;
     // While the broker is down: not ready, and publishes answer 503.
-    e2e::eventually("/readyz to turn false", Duration::from_secs(10), || async {
+    testkit::eventually("/readyz to turn false", Duration::from_secs(10), || async {
         matches!(bridge.admin("/readyz").await, Ok((503, _))).then_some(())
     })
     .await;
     let refused_before = refused.load(Ordering::SeqCst);
-    e2e::eventually(
+    testkit::eventually(
         "503s during the outage",
         Duration::from_secs(10),
         || async { (refused.load(Ordering::SeqCst) > refused_before).then_some(()) },
@@ -300,16 +337,14 @@ async fn c_worker_fails_twice_then_succeeds_processed_once_after_two_redeliverie
         .metric("host_bridge_push_retries_total", &[("reason", "failed")])
         .await;
     assert_eq!(retried, 2.0);
-    let dead = rig.inspector.ready(&format!("{}.dead", rig.queue)).await?;
-    let figures = Figures {
-        accepted: 1,
-        processed: 1,
-        redelivered: 0,
-        dead_lettered: dead as usize,
-        lost: 0,
-    };
+    let dead = drained_ids(&rig.inspector, &format!("{}.dead", rig.queue)).await?;
+    let processed = BTreeMap::from([(
+        "c".to_owned(),
+        answers.iter().filter(|a| a.1 == 200).count(),
+    )]);
+    let figures = Figures::measured(&ids(["c"]), &processed, &dead, 0);
     figures.report("c: worker 500, 500, 200 (two retries in place)");
-    assert_eq!(dead, 0);
+    assert_eq!((figures.lost, figures.dead_lettered), (0, 0));
     assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
     assert!(rig.worker.pushes.try_recv().is_err(), "processed once");
     rig.finish().await
@@ -340,14 +375,15 @@ async fn d_worker_hangs_past_the_timeout_the_job_is_requeued_then_completed() ->
     let second = rig.worker.next_received(Duration::from_secs(1)).await;
     assert_eq!((first.1, second.1), (1, 2));
     assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
-    Figures {
-        accepted: 1,
-        processed: 1,
-        redelivered: 0,
-        dead_lettered: 0,
-        lost: 0,
-    }
-    .report("d: worker hangs past the timeout (one retry in place)");
+    let accepted = ids(["d"]);
+    let processed = rig
+        .worker
+        .until_processed(&accepted, Duration::from_secs(10))
+        .await;
+    let dead = drained_ids(&rig.inspector, &format!("{}.dead", rig.queue)).await?;
+    let figures = Figures::measured(&accepted, &processed, &dead, 0);
+    figures.report("d: worker hangs past the timeout (one retry in place)");
+    assert_eq!((figures.lost, figures.dead_lettered), (0, 0));
     rig.finish().await
 }
 
@@ -369,7 +405,7 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
     rig.wait_jobs("dead_lettered", 2.0, Duration::from_secs(20))
         .await;
     let dead_queue = format!("{}.dead", rig.queue);
-    let dead = e2e::eventually(
+    let dead = testkit::eventually(
         "both jobs in the dead-letter queue",
         Duration::from_secs(10),
         || async {
@@ -387,7 +423,11 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
         BTreeSet::from(["always-500".to_owned(), "bad-input".to_owned()])
     );
     let mut attempts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut processed: BTreeMap<String, usize> = BTreeMap::new();
     while let Ok(push) = rig.worker.pushes.try_recv() {
+        if (200..300).contains(&push.status) {
+            *processed.entry(push.id.clone()).or_default() += 1;
+        }
         *attempts.entry(push.id).or_default() += 1;
     }
     // A 4xx dead-letters at once; a 5xx after the limit: 1 + 2 deliveries,
@@ -395,14 +435,9 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
     assert_eq!(attempts.get("bad-input"), Some(&1));
     assert_eq!(attempts.get("always-500"), Some(&9));
     assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
-    Figures {
-        accepted: 2,
-        processed: 0,
-        redelivered: 2,
-        dead_lettered: dead_ids.len(),
-        lost: 0,
-    }
-    .report("e: poison jobs");
+    let figures = Figures::measured(&ids(["bad-input", "always-500"]), &processed, &dead_ids, 2);
+    figures.report("e: poison jobs");
+    assert_eq!((figures.lost, figures.processed), (0, 0));
     rig.finish().await
 }
 
@@ -443,17 +478,15 @@ async fn f_sigterm_during_a_5s_job_completes_it_acks_once_and_exits_in_time() ->
         .expect("the worker finished the job");
     assert_eq!(answer.status, 200);
     assert!(worker.answers.try_recv().is_err(), "worked once");
+    let worked: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    let processed = BTreeMap::from([(worked["id"].as_str().unwrap_or_default().to_owned(), 1)]);
     // Acked: had it not been, closing the connection would have put it back.
     let inspector = Inspector::connect().await?;
     assert_eq!(inspector.ready(&queue).await?, 0);
-    Figures {
-        accepted: 1,
-        processed: 1,
-        redelivered: 0,
-        dead_lettered: 0,
-        lost: 0,
-    }
-    .report("f: SIGTERM during a 5 s job");
+    let dead = drained_ids(&inspector, &format!("{queue}.dead")).await?;
+    let figures = Figures::measured(&ids(["f"]), &processed, &dead, 0);
+    figures.report("f: SIGTERM during a 5 s job");
+    assert_eq!((figures.lost, figures.dead_lettered), (0, 0));
     publisher.stop().await;
     inspector.delete_topology(&queue).await?;
     Ok(())
@@ -633,7 +666,7 @@ async fn h_queue_full_answers_503_and_accepted_equals_queued() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i_queue_deleted_under_a_consumer_is_declared_again_and_consumed() -> Result<()> {
-    let rig = Rig::start("fault-i", &[]).await?;
+    let mut rig = Rig::start("fault-i", &[]).await?;
     assert_eq!(rig.publish("before", json!(null)).await?.status(), 202);
     rig.wait_jobs("acked", 1.0, Duration::from_secs(10)).await;
     // Someone deletes the queue: the broker cancels the bridge's consumer.
@@ -643,7 +676,7 @@ async fn i_queue_deleted_under_a_consumer_is_declared_again_and_consumed() -> Re
         .await?;
     // The bridge declares it again when it resubscribes; until then a
     // publish is refused (unroutable), never accepted and lost.
-    e2e::eventually(
+    testkit::eventually(
         "a publish accepted after the queue is back",
         Duration::from_secs(20),
         || async {
@@ -653,18 +686,19 @@ async fn i_queue_deleted_under_a_consumer_is_declared_again_and_consumed() -> Re
     )
     .await;
     rig.wait_jobs("acked", 2.0, Duration::from_secs(20)).await;
+    let accepted = ids(["before", "after"]);
+    let processed = rig
+        .worker
+        .until_processed(&accepted, Duration::from_secs(10))
+        .await;
+    let dead = drained_ids(&rig.inspector, &format!("{}.dead", rig.queue)).await?;
     let unroutable = rig
         .bridge
         .metric("host_bridge_published_total", &[("outcome", "unroutable")])
         .await;
-    Figures {
-        accepted: 2,
-        processed: 2,
-        redelivered: 0,
-        dead_lettered: 0,
-        lost: 0,
-    }
-    .report("i: queue deleted under the consumer");
+    let figures = Figures::measured(&accepted, &processed, &dead, 0);
+    figures.report("i: queue deleted under the consumer");
+    assert_eq!((figures.lost, figures.dead_lettered), (0, 0));
     println!("i: publishes refused while the queue was gone: {unroutable}");
     rig.finish().await
 }

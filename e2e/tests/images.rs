@@ -100,7 +100,7 @@ fn component_images_hold_only_spin_toml_and_the_wasm() -> Result<()> {
             files["spin.toml"] == spin_toml,
             "{name}: spin.toml differs from the repo's"
         );
-        let built = std::fs::read(e2e::wasm::wasm_path(name))?;
+        let built = std::fs::read(testkit::wasm::wasm_path(name))?;
         assert!(
             files[&wasm] == built,
             "{name}: the .wasm differs from the build"

@@ -112,7 +112,7 @@ fn image_manifests_configure_each_component_as_the_local_app_does() -> Result<()
 }
 
 /// The tests run `wasmtime serve` as `make up` does: `scripts/up.sh` gives
-/// both components exactly [`e2e::runtime::SERVE_FLAGS`].
+/// both components exactly [`testkit::runtime::SERVE_FLAGS`].
 #[test]
 fn the_tests_serve_with_the_flags_make_up_uses() -> Result<()> {
     let script = std::fs::read_to_string(format!("{ROOT}/scripts/up.sh"))?;
@@ -122,7 +122,7 @@ fn the_tests_serve_with_the_flags_make_up_uses() -> Result<()> {
         .and_then(|l| l.strip_suffix(')'))
         .context("a serve_flags=(...) line in up.sh")?;
     let flags: Vec<&str> = flags.split_whitespace().collect();
-    assert_eq!(flags, e2e::runtime::SERVE_FLAGS);
+    assert_eq!(flags, testkit::runtime::SERVE_FLAGS);
     let uses = script.matches(r#"serve "${serve_flags[@]}""#).count();
     assert_eq!(uses, 2, "both components are served with them");
     Ok(())

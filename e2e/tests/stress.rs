@@ -16,16 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, amqp_url, unique_queue};
-use e2e::bridge::RunningBridge;
-use e2e::private_broker::PrivateBroker;
-use e2e::process::BridgeProcess;
-use e2e::rig::{Rig, job};
-use e2e::wasm;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, amqp_url, unique_queue};
+use testkit::bridge::RunningBridge;
+use testkit::private_broker::PrivateBroker;
+use testkit::process::BridgeProcess;
+use testkit::rig::{Rig, job};
+use testkit::wasm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -208,7 +208,7 @@ async fn publisher(amqp: &str, queue: &str, extra: &[&str]) -> Result<BridgeProc
 
 /// Waits until /readyz says not ready, returning its reason.
 async fn wait_unready(bridge: &BridgeProcess, limit: Duration) -> String {
-    e2e::eventually("/readyz to turn false", limit, || async {
+    testkit::eventually("/readyz to turn false", limit, || async {
         match bridge.admin("/readyz").await {
             Ok((503, body)) => Some(body),
             _ => None,
@@ -308,7 +308,7 @@ fn paced_load(
     prefix: &'static str,
     until: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Answers> {
-    let load = e2e::load::paced(url, prefix.to_owned(), Duration::from_millis(20), until);
+    let load = testkit::load::paced(url, prefix.to_owned(), Duration::from_millis(20), until);
     tokio::spawn(async move {
         let mut answers = Answers::default();
         for a in load.await.expect("the load client panicked") {
@@ -355,7 +355,7 @@ async fn frozen_link(
     // The heartbeat (2 s here) declares the link dead after two silent
     // periods: the bridge then reconnects on its own.
     let reason = wait_unready(bridge, Duration::from_secs(20)).await;
-    e2e::eventually(
+    testkit::eventually(
         "the dead link to be noticed",
         Duration::from_secs(20),
         || async { (bridge.metric("host_bridge_broker_up", &[]).await == 0.0).then_some(()) },
@@ -597,7 +597,7 @@ async fn worker_killed_with_a_backlog_nothing_is_dead_lettered_all_done_after_it
     ])
     .await?;
     let publish = bridge.publish_url("/v1/publish");
-    let post = |id: &str| e2e::rig::publish_to(&publish, job(id, json!(null)));
+    let post = |id: &str| testkit::rig::publish_to(&publish, job(id, json!(null)));
     assert_eq!(post("warm").await?.status(), 202);
     let acked = [("queue", queue.as_str()), ("outcome", "acked")];
     bridge
@@ -616,7 +616,7 @@ async fn worker_killed_with_a_backlog_nothing_is_dead_lettered_all_done_after_it
         assert_eq!(post(&format!("backlog-{n}")).await?.status(), 202);
     }
     let (status, body) =
-        e2e::eventually("/readyz to turn false", Duration::from_secs(20), || async {
+        testkit::eventually("/readyz to turn false", Duration::from_secs(20), || async {
             let (status, body) = bridge.admin("/readyz").await.ok()?;
             (status == 503).then_some((status, body))
         })
@@ -726,7 +726,7 @@ async fn a_worker_answer_cut_short_is_not_acked() -> Result<()> {
     let queue = unique_queue("stress-partial");
     let (url, connections) = cut_short_worker().await?;
     let bridge = RunningBridge::start_ready(&["--queue", &queue, "--worker-url", &url]).await?;
-    let response = e2e::rig::publish_to(
+    let response = testkit::rig::publish_to(
         &bridge.publish_url("/v1/publish"),
         job("partial", json!(null)),
     )
@@ -815,7 +815,7 @@ async fn hostile_message_ids_are_dead_lettered_with_a_reason_and_never_pushed() 
         "a malformed job reached the worker"
     );
     let dead_queue = format!("{}.dead", rig.queue);
-    let dead = e2e::eventually("3 dead-lettered", Duration::from_secs(10), || async {
+    let dead = testkit::eventually("3 dead-lettered", Duration::from_secs(10), || async {
         let n = rig.inspector.ready(&dead_queue).await.ok()?;
         (n >= 3).then_some(n)
     })
@@ -910,11 +910,11 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
     head.extend(std::iter::repeat_n(b' ', 1000));
     let stalled_body = tokio::spawn(trickle(publish, head, Duration::from_secs(60), limit));
     // Meanwhile an honest client is served.
-    let honest = e2e::eventually(
+    let honest = testkit::eventually(
         "an honest publish among slow clients",
         Duration::from_secs(10),
         || async {
-            let r = e2e::rig::publish_to(
+            let r = testkit::rig::publish_to(
                 &bridge.publish_url("/v1/publish"),
                 job("honest", json!(null)),
             )
@@ -974,13 +974,13 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
 /// roles. Clients use [`FrontDoor::url`], the ingress.
 struct FrontDoor {
     bridge: BridgeProcess,
-    producer: e2e::runtime::WasmtimeServe,
+    producer: testkit::runtime::WasmtimeServe,
     ingress: std::net::SocketAddr,
 }
 
 impl FrontDoor {
     async fn start(queue: &str, extra: &[&str]) -> Result<Self> {
-        let [ingress_port, producer_port] = e2e::process::free_ports()?;
+        let [ingress_port, producer_port] = testkit::process::free_ports()?;
         let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], ingress_port));
         let ingress_arg = ingress.to_string();
         let producer_url = format!("http://127.0.0.1:{producer_port}");
@@ -996,8 +996,8 @@ impl FrontDoor {
         ];
         args.extend_from_slice(extra);
         let bridge = BridgeProcess::spawn(&amqp_url(), &args).await?;
-        let producer = e2e::runtime::WasmtimeServe::start_on(
-            &e2e::runtime::wasmtime_binary(),
+        let producer = testkit::runtime::WasmtimeServe::start_on(
+            &testkit::runtime::wasmtime_binary(),
             producer_port,
             "producer",
             &[
@@ -1070,7 +1070,7 @@ async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit
     let mut head = b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n".to_vec();
     head.extend(std::iter::repeat_n(b' ', 1000));
     let stalled_body = tokio::spawn(trickle(front.ingress, head, Duration::from_secs(60), limit));
-    let honest = e2e::eventually(
+    let honest = testkit::eventually(
         "an honest /generate among slow clients",
         Duration::from_secs(10),
         || async {
@@ -1170,10 +1170,10 @@ async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a
         .by_id
         .insert("front-before".into(), (202, String::new()));
 
-    front.producer.signal(libc::SIGSTOP)?;
+    front.producer.signal(testkit::process::Signal::STOP)?;
     let frozen = generate(&url, "front-frozen").await?;
     let unready = wait_unready(&front.bridge, Duration::from_secs(10)).await;
-    front.producer.signal(libc::SIGCONT)?;
+    front.producer.signal(testkit::process::Signal::CONT)?;
     front.bridge.wait_ready().await;
     println!("frozen producer: {frozen:?}; /readyz said {unready}");
     assert_eq!(
@@ -1187,8 +1187,8 @@ async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a
     // connection and be reset: the ingress can't tell whether the producer
     // took it, so that one is a (truthful) 504. Once the probe has found
     // the producer gone, every request is refused at once.
-    front.producer.signal(libc::SIGKILL)?;
-    let unready = e2e::eventually(
+    front.producer.signal(testkit::process::Signal::KILL)?;
+    let unready = testkit::eventually(
         "/readyz to say the producer is unreachable",
         Duration::from_secs(10),
         || async {
@@ -1245,7 +1245,7 @@ async fn reported_202s(bridge: &BridgeProcess, answers: f64) -> f64 {
             .metric("host_bridge_producer_responses_total", &labels)
             .await
     };
-    e2e::eventually(
+    testkit::eventually(
         "the producer's reports of its answers",
         Duration::from_secs(60),
         || async { (on_generate(None).await >= answers).then_some(()) },
@@ -1348,7 +1348,7 @@ async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer
 {
     let queue = unique_queue("stress-serve");
     let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
-    let producer = e2e::runtime::WasmtimeServe::start(
+    let producer = testkit::runtime::WasmtimeServe::start(
         "producer",
         &[
             ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::amqp::{Inspector, amqp_url, unique_queue};
-use e2e::process::{bridge_binary, free_ports};
+use testkit::amqp::{Inspector, TestQueue, amqp_url, unique_queue};
+use testkit::process::{Signal, bridge_binary, free_ports};
 use tokio::process::{Child, Command};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -19,7 +19,7 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 struct Runner {
     child: Child,
     ports: [u16; 5],
-    queue: String,
+    queue: TestQueue,
 }
 
 impl Runner {
@@ -39,7 +39,7 @@ impl Runner {
             .env("QUEUE", &queue)
             .env("WORK_DURATION_MS", work_ms.to_string())
             .env("BRIDGE", bridge_binary())
-            .env("WASMTIME", e2e::runtime::wasmtime_binary())
+            .env("WASMTIME", testkit::runtime::wasmtime_binary())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -59,7 +59,7 @@ impl Runner {
     async fn start(work_ms: u64) -> Result<(Self, Vec<u32>)> {
         let runner = Self::spawn(work_ms)?;
         for port in runner.ports {
-            e2e::wait_for_port("up.sh's parts to listen", port, Duration::from_secs(60)).await;
+            testkit::wait_for_port("up.sh's parts to listen", port, Duration::from_secs(60)).await;
         }
         let pid = runner.child.id().context("up.sh exited")?;
         let parts = children_of(pid);
@@ -74,35 +74,34 @@ impl Runner {
     /// Publishes one job through `/generate` and waits until the worker is
     /// on it (the bridge counts it in flight).
     async fn job_in_flight(&self) -> Result<()> {
-        let admin = e2e::admin::Admin::new(([127, 0, 0, 1], self.ports[3]).into());
+        let admin = testkit::admin::Admin::new(([127, 0, 0, 1], self.ports[3]).into());
         admin.wait_ready().await;
         let url = format!("http://127.0.0.1:{}/generate", self.ports[0]);
         let status = reqwest::get(&url).await?.status();
         anyhow::ensure!(status == 202, "/generate answered {status}");
-        e2e::eventually(
+        testkit::eventually(
             "the job to be in flight",
             Duration::from_secs(20),
             || async {
                 let (_, text) = admin.get("/metrics").await.ok()?;
-                (e2e::metric_value(&text, "host_bridge_jobs_in_flight", &[]) == 1.0).then_some(())
+                (testkit::metric_value(&text, "host_bridge_jobs_in_flight", &[]) == 1.0)
+                    .then_some(())
             },
         )
         .await;
         Ok(())
     }
 
-    fn signal_group(&self, signal: libc::c_int) -> Result<()> {
+    fn signal_group(&self, signal: Signal) -> Result<()> {
         let pid = self.child.id().context("up.sh exited")?;
-        // SAFETY: kill(2) on the process group of our own child.
-        unsafe { libc::kill(-(pid as libc::pid_t), signal) };
-        Ok(())
+        testkit::process::signal_group(pid, signal)
     }
 
     /// Waits until none of `parts` is alive and no port of the stack
     /// accepts a connection.
     async fn assert_nothing_left(&self, parts: &[u32], case: &str) {
         let started = std::time::Instant::now();
-        e2e::eventually(
+        testkit::eventually(
             &format!("{case}: every part gone and every port free"),
             Duration::from_secs(15),
             || async {
@@ -166,10 +165,10 @@ async fn two_ctrl_cs_in_quick_succession_stop_everything_and_lose_nothing() -> R
     // A 30 s job keeps the first, ordered stop busy draining it.
     let (mut runner, parts) = Runner::start(30_000).await?;
     runner.job_in_flight().await?;
-    runner.signal_group(libc::SIGINT)?;
+    runner.signal_group(Signal::INT)?;
     // The impatient user's second Ctrl-C, while the first stop is under way.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    runner.signal_group(libc::SIGINT)?;
+    runner.signal_group(Signal::INT)?;
     runner.assert_nothing_left(&parts, "two Ctrl-Cs").await;
     let status = tokio::time::timeout(Duration::from_secs(10), runner.child.wait()).await??;
     println!("two Ctrl-Cs: up.sh exited with {status}");
@@ -180,7 +179,7 @@ async fn two_ctrl_cs_in_quick_succession_stop_everything_and_lose_nothing() -> R
     );
     // The job cut short went back to the queue: nothing is lost.
     let inspector = Inspector::connect().await?;
-    let ready = e2e::eventually(
+    let ready = testkit::eventually(
         "the job back in the queue",
         Duration::from_secs(10),
         || async {
@@ -200,7 +199,7 @@ async fn two_ctrl_cs_in_quick_succession_stop_everything_and_lose_nothing() -> R
 async fn one_ctrl_c_finishes_the_job_in_flight_and_exits_zero() -> Result<()> {
     let (mut runner, parts) = Runner::start(1_000).await?;
     runner.job_in_flight().await?;
-    runner.signal_group(libc::SIGINT)?;
+    runner.signal_group(Signal::INT)?;
     runner.assert_nothing_left(&parts, "one Ctrl-C").await;
     let status = tokio::time::timeout(Duration::from_secs(30), runner.child.wait()).await??;
     assert!(status.success(), "a requested stop exits 0: {status}");
@@ -235,7 +234,7 @@ async fn a_taken_port_is_named_with_its_holder_before_anything_starts() -> Resul
         .env("AMQP_URL", amqp_url())
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("BRIDGE", bridge_binary())
-        .env("WASMTIME", e2e::runtime::wasmtime_binary())
+        .env("WASMTIME", testkit::runtime::wasmtime_binary())
         .stdin(Stdio::null())
         .output()
         .await?;

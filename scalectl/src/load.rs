@@ -47,6 +47,16 @@ pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
     Ok(per_second)
 }
 
+/// The `q` quantile (0..=1) of sorted samples, nearest rank; zero when
+/// there are none. The one owner of this rule: bench reports with it too.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 /// What the load got back.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
@@ -67,12 +77,7 @@ pub struct Summary {
 impl Summary {
     /// A latency quantile (nearest rank).
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank =
-            ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[rank - 1]
+        quantile(&self.latencies, q)
     }
 
     /// Requests answered per second.

@@ -5,16 +5,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
-use e2e::admin::MetricSource;
-use e2e::amqp::{Inspector, unique_queue};
-use e2e::bridge::RunningBridge;
 use scalectl::load::{LoadOptions, run};
+use testkit::admin::MetricSource;
+use testkit::amqp::{Inspector, unique_queue};
+use testkit::bridge::RunningBridge;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_counts_match_the_bridges_published_counter() -> Result<()> {
     let queue = unique_queue("scalectl-load");
     let bridge = RunningBridge::start_ready(&["--roles", "publish", "--queue", &queue]).await?;
-    let producer = e2e::wasm::serve(
+    let producer = testkit::wasm::serve(
         "producer",
         &[
             ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::admin::MetricSource;
-use crate::amqp::{Inspector, unique_queue};
+use crate::amqp::{Inspector, TestQueue, unique_queue};
 use crate::bridge::RunningBridge;
 use crate::standin::StandIn;
 
@@ -28,8 +28,8 @@ pub async fn publish_to(url: &str, body: String) -> Result<reqwest::Response> {
 
 /// A queue, a stand-in worker and a bridge consuming into it.
 pub struct Rig {
-    /// The test's queue.
-    pub queue: String,
+    /// The test's queue, deleted with its dead-letter topology on drop.
+    pub queue: TestQueue,
     /// The stand-in worker the bridge pushes to.
     pub worker: StandIn,
     /// The bridge (publish and consume roles).

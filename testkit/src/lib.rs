@@ -1,4 +1,4 @@
-//! Test support for the end-to-end and component tests: a wasmtime host for
+//! testkit: the one owner of test and bench support. A wasmtime host for
 //! the real .wasm components, in-process bridges, per-test queues on the
 //! real RabbitMQ at `AMQP_URL`, and a scriptable stand-in worker for faults
 //! that are the worker's.
@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod standin;
 pub mod wasm;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -54,25 +55,63 @@ pub async fn wait_for_port(what: &str, port: u16, limit: Duration) {
     .await;
 }
 
-/// Reads one sample from a Prometheus text exposition: the value of the
-/// series `name` whose labels include every `labels` pair. Missing is 0.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The samples of the series `name` in a Prometheus text exposition: each
+/// one's labels and value. The one parser of scraped text in the workspace.
+pub fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (BTreeMap<String, String>, f64)> + 'a {
     text.lines()
         .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
+        .filter_map(move |line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
                 None => (series, ""),
             };
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
+            if metric != name {
+                return None;
+            }
+            Some((labels_of(label_text)?, value.parse::<f64>().ok()?))
         })
-        .fold(0.0, |sum, v| sum + v)
+}
+
+/// `a="1",b="x\"y"` as a map. The exposition escapes `\`, `"` and `\n`
+/// inside values.
+fn labels_of(text: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Some(labels)
+}
+
+/// Reads one figure from a Prometheus text exposition: the sum of the
+/// series `name` whose labels include every `labels` pair. Missing is 0.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text, name)
+        .filter(|(have, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| have.get(*k).is_some_and(|h| h == v))
+        })
+        .map(|(_, value)| value)
+        .sum()
 }
 
 #[cfg(test)]
@@ -93,5 +132,11 @@ mod tests {
         );
         assert_eq!(metric_value(text, "up", &[]), 1.0);
         assert_eq!(metric_value(text, "missing", &[]), 0.0);
+        // A label value that merely contains the wanted one does not match.
+        let text = "m{queue=\"jobs.dead\"} 4\nm{queue=\"x\\\"y\",le=\"+Inf\"} 1\n";
+        assert_eq!(metric_value(text, "m", &[("queue", "jobs")]), 0.0);
+        assert_eq!(metric_value(text, "m", &[("queue", "x\"y")]), 1.0);
+        let (labels, _) = samples(text, "m").nth(1).expect("two samples");
+        assert_eq!(labels["le"], "+Inf");
     }
 }

@@ -7,6 +7,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process, kill_process_group};
 use tokio::process::{Child, Command};
 
 use crate::admin::{Admin, MetricSource};
@@ -152,22 +154,22 @@ impl BridgeProcess {
 
     /// Sends SIGTERM: what Kubernetes sends on scale-down.
     pub fn sigterm(&self) -> anyhow::Result<()> {
-        signal(&self.child, libc::SIGTERM)
+        signal(&self.child, Signal::TERM)
     }
 
     /// Sends SIGKILL: a crash, or a grace period that ran out.
     pub fn sigkill(&self) -> anyhow::Result<()> {
-        signal(&self.child, libc::SIGKILL)
+        signal(&self.child, Signal::KILL)
     }
 
     /// Freezes it (SIGSTOP): a stalled sidecar.
     pub fn sigstop(&self) -> anyhow::Result<()> {
-        signal(&self.child, libc::SIGSTOP)
+        signal(&self.child, Signal::STOP)
     }
 
     /// Thaws it (SIGCONT).
     pub fn sigcont(&self) -> anyhow::Result<()> {
-        signal(&self.child, libc::SIGCONT)
+        signal(&self.child, Signal::CONT)
     }
 
     /// Its peak resident memory so far (`VmHWM`), in bytes.
@@ -203,15 +205,21 @@ impl MetricSource for BridgeProcess {
 }
 
 /// Sends `signal` to a child process that is still running.
-pub fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
+pub fn signal(child: &Child, signal: Signal) -> anyhow::Result<()> {
     let pid = child.id().context("the process has already exited")?;
-    // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    if rc != 0 {
-        bail!(
-            "kill({pid}, {signal}) failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    kill_process(pid_of(pid)?, signal).with_context(|| format!("kill({pid}, {signal:?}) failed"))
+}
+
+/// Sends `signal` to the process group led by `pid` (a child started in
+/// its own group or session).
+pub fn signal_group(pid: u32, signal: Signal) -> anyhow::Result<()> {
+    kill_process_group(pid_of(pid)?, signal)
+        .with_context(|| format!("kill(-{pid}, {signal:?}) failed"))
+}
+
+fn pid_of(pid: u32) -> anyhow::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| format!("{pid} is not a process id"))
 }

@@ -96,7 +96,7 @@ impl WasmtimeServe {
     }
 
     /// Sends it `signal` (SIGSTOP: a frozen runtime; SIGKILL: a crash).
-    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+    pub fn signal(&self, signal: crate::process::Signal) -> anyhow::Result<()> {
         crate::process::signal(&self.child, signal)
     }
 

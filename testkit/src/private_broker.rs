@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::process::free_ports;
+use crate::process::{Signal, free_ports, signal_group};
 
 /// The `rabbitmq-server` start script: `RABBITMQ_SERVER`, Debian's path, or
 /// the one on PATH.
@@ -150,33 +150,32 @@ impl PrivateBroker {
 
     /// Stops the node cleanly (SIGTERM) and waits for it to exit.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        self.signal_and_wait(libc::SIGTERM).await
+        self.signal_and_wait(Signal::TERM).await
     }
 
     /// Kills the node (SIGKILL): a crash.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.signal_and_wait(libc::SIGKILL).await
+        self.signal_and_wait(Signal::KILL).await
     }
 
     /// Freezes the node (SIGSTOP): a broker that hangs, with its sockets
     /// open and its kernel still accepting TCP.
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal_running(libc::SIGSTOP)
+        self.signal_running(Signal::STOP)
     }
 
     /// Thaws a paused node (SIGCONT).
     pub fn resume(&self) -> anyhow::Result<()> {
-        self.signal_running(libc::SIGCONT)
+        self.signal_running(Signal::CONT)
     }
 
-    fn signal_running(&self, signal: libc::c_int) -> anyhow::Result<()> {
+    fn signal_running(&self, signal: Signal) -> anyhow::Result<()> {
         let pid = self
             .child
             .as_ref()
             .and_then(Child::id)
             .context("the broker is not running")?;
-        signal_group(pid, signal);
-        Ok(())
+        signal_group(pid, signal)
     }
 
     /// Runs `rabbitmqctl` against this node, e.g. to raise an alarm.
@@ -218,12 +217,12 @@ impl PrivateBroker {
         self.spawn().await
     }
 
-    async fn signal_and_wait(&mut self, signal: libc::c_int) -> anyhow::Result<()> {
+    async fn signal_and_wait(&mut self, signal: Signal) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
             bail!("the broker is not running");
         };
         if let Some(pid) = child.id() {
-            signal_group(pid, signal);
+            signal_group(pid, signal)?;
         }
         tokio::time::timeout(Duration::from_secs(60), child.wait())
             .await
@@ -232,16 +231,11 @@ impl PrivateBroker {
     }
 }
 
-/// Sends `signal` to the process group led by `pid`.
-fn signal_group(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) on the process group of our own child.
-    unsafe { libc::kill(-(pid as libc::pid_t), signal) };
-}
-
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         if let Some(pid) = self.child.as_ref().and_then(Child::id) {
-            signal_group(pid, libc::SIGKILL);
+            // Already gone is fine: this is cleanup.
+            let _ = signal_group(pid, Signal::KILL);
         }
         // A failed test keeps the node's logs to read.
         if std::thread::panicking() {
