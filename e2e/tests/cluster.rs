@@ -25,6 +25,7 @@ use testkit::cluster::Cluster;
 use testkit::load::{Answer, paced};
 use testkit::process::BridgeProcess;
 use testkit::standin::StandIn;
+use testkit::tally::Tally;
 use tokio::task::JoinHandle;
 
 /// One cluster at a time: three Erlang VMs each already load two cores.
@@ -211,16 +212,11 @@ impl Rig {
     }
 }
 
-/// What a cluster test counted.
+/// What a cluster test counted: the tally, and how long publishing was
+/// unavailable.
 #[derive(Debug)]
 struct Figures {
-    accepted: usize,
-    processed: usize,
-    lost: usize,
-    duplicated: usize,
-    false_503s: usize,
-    unknown: usize,
-    unknown_queued: usize,
+    tally: Tally,
     /// The longest stretch between two 202 answers.
     window: Duration,
     /// From the fault to the first 202 for a request sent after it.
@@ -229,8 +225,11 @@ struct Figures {
 
 impl Figures {
     fn of(answers: &[Answer], processed: &BTreeMap<String, usize>, fault: Instant) -> Self {
-        let with = |status: u16| answers.iter().filter(move |a| a.status == status);
-        let mut accepted_at: Vec<Instant> = with(202).map(|a| a.answered).collect();
+        let mut accepted_at: Vec<Instant> = answers
+            .iter()
+            .filter(|a| a.status == 202)
+            .map(|a| a.answered)
+            .collect();
         accepted_at.sort();
         let window = accepted_at
             .windows(2)
@@ -238,16 +237,11 @@ impl Figures {
             .max()
             .unwrap_or_default();
         Self {
-            accepted: with(202).count(),
-            processed: with(202).filter(|a| processed.contains_key(&a.id)).count(),
-            lost: with(202).filter(|a| !processed.contains_key(&a.id)).count(),
-            duplicated: processed.values().map(|n| n - 1).sum(),
-            false_503s: with(503).filter(|a| processed.contains_key(&a.id)).count(),
-            unknown: with(504).count(),
-            unknown_queued: with(504).filter(|a| processed.contains_key(&a.id)).count(),
+            tally: Tally::of(answers.iter().map(|a| (a.id.as_str(), a.status)), processed),
             window,
-            first_202: with(202)
-                .filter(|a| a.sent >= fault)
+            first_202: answers
+                .iter()
+                .filter(|a| a.status == 202 && a.sent >= fault)
                 .map(|a| a.answered - fault)
                 .min(),
         }
@@ -259,24 +253,16 @@ impl Figures {
             *codes.entry(format!("{} {}", a.status, a.code)).or_default() += 1;
         }
         println!(
-            "{test}: accepted {}, processed {}, lost {}, duplicated {}, false 503s {}, \
-             outcome unknown {} (of which queued {}), unavailability window {:?}, \
-             first 202 after the fault {:?}; answers {codes:?}",
-            self.accepted,
-            self.processed,
-            self.lost,
-            self.duplicated,
-            self.false_503s,
-            self.unknown,
-            self.unknown_queued,
+            "{test}: {}, unavailability window {:?}, first 202 after the fault {:?}; \
+             answers {codes:?}",
+            self.tally.summary(),
             self.window,
             self.first_202,
         );
     }
 
     fn assert_nothing_lost(&self) {
-        assert_eq!(self.lost, 0, "accepted jobs never processed");
-        assert_eq!(self.false_503s, 0, "a 503 whose job was processed anyway");
+        self.tally.assert_honest();
         assert!(self.first_202.is_some(), "no 202 after the fault");
     }
 }

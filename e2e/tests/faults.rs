@@ -67,12 +67,7 @@ fn ids<const N: usize>(set: [&str; N]) -> BTreeSet<String> {
 
 /// The job ids in a queue, drained.
 async fn drained_ids(inspector: &Inspector, queue: &str) -> Result<BTreeSet<String>> {
-    inspector
-        .drain(queue)
-        .await?
-        .iter()
-        .map(|d| Ok(job::Job::from_body(&d.data)?.id))
-        .collect()
+    Ok(inspector.drain_ids(queue).await?.into_iter().collect())
 }
 
 /// The ids in `ids` that `processed` lacks.

@@ -25,6 +25,7 @@ use testkit::bridge::RunningBridge;
 use testkit::private_broker::PrivateBroker;
 use testkit::process::BridgeProcess;
 use testkit::rig::{Rig, job};
+use testkit::tally::Tally;
 use testkit::wasm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,66 +60,32 @@ impl Answers {
     }
 }
 
-/// What a test counted, against what was queued.
-struct Tally {
-    accepted: usize,
-    processed: usize,
-    lost: usize,
-    duplicated: usize,
-    false_503s: usize,
-    unknown: usize,
-    unknown_queued: usize,
+/// What a test counted against what was queued, and its checks here:
+/// nothing lost, no false refusal, and no job queued twice.
+trait StressTally {
+    fn report(&self, test: &str, extra: &str);
+    fn assert_exact(&self);
 }
 
-impl Tally {
-    /// `queued`: every job id found in the queue, with repeats.
-    fn of(answers: &Answers, queued: &[String]) -> Self {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for id in queued {
-            *counts.entry(id.as_str()).or_default() += 1;
-        }
-        let accepted = answers.ids(202);
-        let refused = answers.ids(503);
-        let unknown = answers.ids(504);
-        Self {
-            accepted: accepted.len(),
-            processed: counts.len(),
-            lost: accepted
-                .iter()
-                .filter(|id| !counts.contains_key(id.as_str()))
-                .count(),
-            duplicated: counts.values().map(|n| n - 1).sum(),
-            false_503s: refused
-                .iter()
-                .filter(|id| counts.contains_key(id.as_str()))
-                .count(),
-            unknown: unknown.len(),
-            unknown_queued: unknown
-                .iter()
-                .filter(|id| counts.contains_key(id.as_str()))
-                .count(),
-        }
-    }
-
+impl StressTally for Tally {
     fn report(&self, test: &str, extra: &str) {
-        println!(
-            "{test}: accepted {}, processed {}, lost {}, duplicated {}, false 503s {}, \
-             outcome unknown {} (of which queued {}){extra}",
-            self.accepted,
-            self.processed,
-            self.lost,
-            self.duplicated,
-            self.false_503s,
-            self.unknown,
-            self.unknown_queued
-        );
+        println!("{test}: {}{extra}", self.summary());
     }
 
-    fn assert_honest(&self) {
-        assert_eq!(self.lost, 0, "accepted jobs missing from the queue");
-        assert_eq!(self.false_503s, 0, "a 503 whose job was queued anyway");
+    fn assert_exact(&self) {
+        self.assert_honest();
         assert_eq!(self.duplicated, 0, "a job queued twice");
     }
+}
+
+/// The tally of `answers` against `queued` (every job id found in the
+/// queue, with repeats).
+fn tally(answers: &Answers, queued: &[String]) -> Tally {
+    let answers = answers
+        .by_id
+        .iter()
+        .map(|(id, (status, _))| (id.as_str(), *status));
+    Tally::of(answers, &Tally::sightings(queued))
 }
 
 /// Publishes `count` jobs (ids `{prefix}-{n}`) through `url` from
@@ -189,12 +156,7 @@ async fn load(
 
 /// Every job id in `queue`, taking the messages off it.
 async fn queued_ids(inspector: &Inspector, queue: &str) -> Result<Vec<String>> {
-    inspector
-        .drain(queue)
-        .await?
-        .iter()
-        .map(|d| Ok(job::Job::from_body(&d.data)?.id))
-        .collect()
+    inspector.drain_ids(queue).await
 }
 
 /// A publish-role bridge process against `amqp`.
@@ -259,7 +221,7 @@ async fn alarm_under_load(test: &str, raise: &[&str], clear: &[&str]) -> Result<
         )
         .await;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     tally.report(
         test,
         &format!(
@@ -269,7 +231,7 @@ async fn alarm_under_load(test: &str, raise: &[&str], clear: &[&str]) -> Result<
             peak as f64 / 1048576.0
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     assert!(reason.contains("broker_blocked"), "{reason}");
     assert!(
         answers.ids(503).len() >= 1_000,
@@ -396,7 +358,7 @@ async fn paused_broker_no_false_503_not_ready_and_reconnects() -> Result<()> {
     .await?;
     let inspector = Inspector::connect_to(&amqp).await?;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     tally.report(
         "paused broker (SIGSTOP)",
         &format!(
@@ -405,7 +367,7 @@ async fn paused_broker_no_false_503_not_ready_and_reconnects() -> Result<()> {
             answers.slowest
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     assert!(
         answers.ids(503).len() + answers.ids(504).len() >= 1,
         "{:?}",
@@ -502,7 +464,7 @@ async fn blackholed_link_is_noticed_by_heartbeat_no_false_503_and_recovers() -> 
     .await?;
     let inspector = Inspector::connect_to(&direct).await?;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     tally.report(
         "blackholed link",
         &format!(
@@ -511,7 +473,7 @@ async fn blackholed_link_is_noticed_by_heartbeat_no_false_503_and_recovers() -> 
             answers.slowest
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     assert!(
         answers.slowest < Duration::from_secs(3),
         "{:?}",
@@ -873,43 +835,92 @@ async fn trickle(
     (answer, started.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
-    let queue = unique_queue("stress-slow");
-    let bridge = RunningBridge::start_ready(&[
-        "--roles",
-        "publish",
-        "--queue",
-        &queue,
-        "--header-read-timeout",
-        "1s",
-        "--body-read-timeout",
-        "1s",
-        "--max-connections",
-        "64",
-    ])
-    .await?;
-    let publish = bridge.publish_addr.context("publish role")?;
-    let admin = bridge.admin_addr;
+/// 16 KiB of headers to `url` get the JSON `431 headers_too_large` (the
+/// bridge's own limit is 8 KiB), not hyper's bare one.
+async fn assert_json_431(url: &str) -> Result<()> {
+    let big_headers = reqwest::Client::new()
+        .get(url)
+        .header("x-big", "a".repeat(16 * 1024))
+        .send()
+        .await?;
+    assert_eq!(big_headers.status(), 431);
+    assert_eq!(
+        big_headers.json::<job::ErrorBody>().await?.error,
+        "headers_too_large"
+    );
+    Ok(())
+}
+
+/// Short read timeouts and a small connection cap, so that slow clients
+/// are cut off, and wait their turn, within a test's time.
+const SLOW_CLIENT_LIMITS: &[&str] = &[
+    "--header-read-timeout",
+    "1s",
+    "--body-read-timeout",
+    "1s",
+    "--max-connections",
+    "64",
+];
+
+/// 200 slowloris connections on each of `targets` (headers sent at 1 byte
+/// per 200 ms, never finished), and a `POST {path}` body on the first that
+/// declares 60,000 bytes and stalls after 1,000, while `honest` must be
+/// served. Every slow connection must be cut off well within 15 s, and the
+/// stalled body answered `408 body_timeout` JSON.
+async fn assert_slow_clients_cut_off(
+    label: &str,
+    targets: &[std::net::SocketAddr],
+    path: &str,
+    honest: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let limit = Duration::from_secs(15);
-    let every = Duration::from_millis(200);
-    // 200 slowloris connections on each listener, headers never finished.
     let mut slow = Vec::new();
-    for addr in [publish, admin] {
+    for addr in targets {
         for _ in 0..200 {
             slow.push(tokio::spawn(trickle(
-                addr,
-                b"POST /v1/publish HTTP/1.1\r\nx-slow: ".to_vec(),
-                every,
+                *addr,
+                format!("POST {path} HTTP/1.1\r\nx-slow: ").into_bytes(),
+                Duration::from_millis(200),
                 limit,
             )));
         }
     }
-    // A body that declares 60,000 bytes and stalls after 1,000.
-    let mut head = b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n".to_vec();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n"
+    )
+    .into_bytes();
     head.extend(std::iter::repeat_n(b' ', 1000));
-    let stalled_body = tokio::spawn(trickle(publish, head, Duration::from_secs(60), limit));
-    // Meanwhile an honest client is served.
+    let stalled_body = tokio::spawn(trickle(targets[0], head, Duration::from_secs(60), limit));
+    honest.await;
+    let mut longest = Duration::ZERO;
+    for task in slow {
+        longest = longest.max(task.await?.1);
+    }
+    let (answer, lived) = stalled_body.await?;
+    let answer = String::from_utf8_lossy(&answer);
+    println!(
+        "{label}: {} connections at 1 byte / 200 ms, longest lived {longest:?}; \
+         stalled body answered after {lived:?}: {}",
+        200 * targets.len(),
+        answer.lines().next().unwrap_or("(nothing)")
+    );
+    assert!(
+        longest < limit,
+        "a slow client held a connection for {longest:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
+    let queue = unique_queue("stress-slow");
+    let mut args = vec!["--roles", "publish", "--queue", &queue];
+    args.extend_from_slice(SLOW_CLIENT_LIMITS);
+    let bridge = RunningBridge::start_ready(&args).await?;
+    let publish = bridge.publish_addr.context("publish role")?;
+    let admin = bridge.admin_addr;
     let honest = testkit::eventually(
         "an honest publish among slow clients",
         Duration::from_secs(10),
@@ -923,25 +934,7 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
             (r.status() == 202).then_some(())
         },
     );
-    honest.await;
-    let mut longest = Duration::ZERO;
-    for task in slow {
-        let (_, lived) = task.await?;
-        longest = longest.max(lived);
-    }
-    let (answer, lived) = stalled_body.await?;
-    let answer = String::from_utf8_lossy(&answer);
-    println!(
-        "slowloris: 400 connections at 1 byte / 200 ms, longest lived {longest:?}; \
-         stalled body answered after {lived:?}: {}",
-        answer.lines().next().unwrap_or("(nothing)")
-    );
-    assert!(
-        longest < limit,
-        "a slow client held a connection for {longest:?}"
-    );
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+    assert_slow_clients_cut_off("slowloris", &[publish, admin], "/v1/publish", honest).await?;
 
     // Errors that the HTTP stack, not a route, produces are JSON too.
     let client = reqwest::Client::new();
@@ -954,16 +947,7 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
         wrong_method.json::<job::ErrorBody>().await?.error,
         "method_not_allowed"
     );
-    let big_headers = client
-        .get(format!("http://{admin}/readyz"))
-        .header("x-big", "a".repeat(16 * 1024))
-        .send()
-        .await?;
-    assert_eq!(big_headers.status(), 431);
-    assert_eq!(
-        big_headers.json::<job::ErrorBody>().await?.error,
-        "headers_too_large"
-    );
+    assert_json_431(&format!("http://{admin}/readyz")).await?;
     bridge.stop().await;
     Inspector::connect().await?.delete_topology(&queue).await?;
     Ok(())
@@ -1045,31 +1029,7 @@ async fn generate(url: &str, id: &str) -> Result<(u16, String, bool, Duration)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit() -> Result<()> {
     let queue = unique_queue("stress-front-slow");
-    let front = FrontDoor::start(
-        &queue,
-        &[
-            "--header-read-timeout",
-            "1s",
-            "--body-read-timeout",
-            "1s",
-            "--max-connections",
-            "64",
-        ],
-    )
-    .await?;
-    let limit = Duration::from_secs(15);
-    let mut slow = Vec::new();
-    for _ in 0..200 {
-        slow.push(tokio::spawn(trickle(
-            front.ingress,
-            b"GET /generate HTTP/1.1\r\nx-slow: ".to_vec(),
-            Duration::from_millis(200),
-            limit,
-        )));
-    }
-    let mut head = b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n".to_vec();
-    head.extend(std::iter::repeat_n(b' ', 1000));
-    let stalled_body = tokio::spawn(trickle(front.ingress, head, Duration::from_secs(60), limit));
+    let front = FrontDoor::start(&queue, SLOW_CLIENT_LIMITS).await?;
     let honest = testkit::eventually(
         "an honest /generate among slow clients",
         Duration::from_secs(10),
@@ -1080,24 +1040,13 @@ async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit
             (status == 202).then_some(())
         },
     );
-    honest.await;
-    let mut longest = Duration::ZERO;
-    for task in slow {
-        longest = longest.max(task.await?.1);
-    }
-    let (answer, lived) = stalled_body.await?;
-    let answer = String::from_utf8_lossy(&answer);
-    println!(
-        "front door slowloris: 200 connections at 1 byte / 200 ms, longest lived {longest:?}; \
-         stalled body answered after {lived:?}: {}",
-        answer.lines().next().unwrap_or("(nothing)")
-    );
-    assert!(
-        longest < limit,
-        "a slow client held a connection for {longest:?}"
-    );
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+    assert_slow_clients_cut_off(
+        "front door slowloris",
+        &[front.ingress],
+        "/generate",
+        honest,
+    )
+    .await?;
 
     // The producer's limit, kept on the way: a body of exactly 64 KiB is a
     // job; one byte more is the producer's own 413, from the ingress.
@@ -1121,16 +1070,7 @@ async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit
         over.json::<job::ErrorBody>().await?.error,
         "payload_too_large"
     );
-    let big_headers = client
-        .get(front.url("/generate"))
-        .header("x-big", "a".repeat(16 * 1024))
-        .send()
-        .await?;
-    assert_eq!(big_headers.status(), 431);
-    assert_eq!(
-        big_headers.json::<job::ErrorBody>().await?.error,
-        "headers_too_large"
-    );
+    assert_json_431(&front.url("/generate")).await?;
 
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
@@ -1138,7 +1078,7 @@ async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit
     for id in ["front-honest", "front-64k"] {
         answers.by_id.insert(id.into(), (202, String::new()));
     }
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     tally.report(
         "front door, slow clients",
         &format!(
@@ -1146,7 +1086,7 @@ async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit
             front.bridge.peak_rss()? as f64 / 1048576.0
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     assert_eq!(tally.processed, 2, "{queued:?}");
     inspector.delete_topology(&queue).await?;
     Ok(())
@@ -1208,7 +1148,7 @@ async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a
 
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     tally.report(
         "front door, frozen then dead producer",
         &format!(
@@ -1229,7 +1169,7 @@ async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a
                 .await,
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     inspector.delete_topology(&queue).await?;
     Ok(())
 }
@@ -1316,7 +1256,7 @@ async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false
     let peak = bridge.peak_rss()?;
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     tally.report(
         "overload (2,000 at once)",
         &format!(
@@ -1325,7 +1265,7 @@ async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false
             peak as f64 / 1048576.0
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     // The cap was reached, and refused promptly rather than queued up.
     assert!(
         answers.codes().contains_key("503 overloaded"),
@@ -1360,7 +1300,7 @@ async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer
     let answers = burst(&producer.url("/generate"), "serve", 2_000).await?;
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     // The producer's own count of its answers, from its reports: each
     // arrives after its answer is complete, so wait for all 2,000.
     let said_202 = reported_202s(&bridge, 2_000.0).await;
@@ -1376,7 +1316,7 @@ async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer
             bridge.peak_rss()? as f64 / 1048576.0,
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     assert_eq!(
         said_202, got_202,
         "a 202 the producer gave that a caller never got"
@@ -1398,7 +1338,7 @@ async fn overload_through_the_front_door_refuses_at_once_and_every_202_arrives()
     let answers = burst(&front.url("/generate"), "front-over", 2_000).await?;
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
-    let tally = Tally::of(&answers, &queued);
+    let tally = tally(&answers, &queued);
     let bridge = &front.bridge;
     // Every request the ingress forwarded reached the producer, which
     // reports its answer after writing it: wait for those reports.
@@ -1428,7 +1368,7 @@ async fn overload_through_the_front_door_refuses_at_once_and_every_202_arrives()
             front.producer.peak_rss()? as f64 / 1048576.0,
         ),
     );
-    tally.assert_honest();
+    tally.assert_exact();
     assert_eq!(
         said_202, got_202,
         "a 202 the producer gave that a caller never got"

@@ -159,6 +159,16 @@ impl Inspector {
         Ok(all)
     }
 
+    /// The job id of every message in `queue`, taking them off it; a
+    /// message that is not a job is an error.
+    pub async fn drain_ids(&self, queue: &str) -> anyhow::Result<Vec<String>> {
+        self.drain(queue)
+            .await?
+            .iter()
+            .map(|d| Ok(job::Job::from_body(&d.data)?.id))
+            .collect()
+    }
+
     /// The ready count of `queue`, by passive declare.
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
         let channel = self.connection.create_channel().await?;

@@ -17,6 +17,7 @@ pub mod prometheus;
 pub mod rig;
 pub mod runtime;
 pub mod standin;
+pub mod tally;
 pub mod wasm;
 
 use std::collections::BTreeMap;
