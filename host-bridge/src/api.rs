@@ -157,34 +157,38 @@ pub async fn read_json_body(
 /// an oversized one is never held whole. The timeout covers the whole body,
 /// so a client that trickles bytes cannot hold the request open.
 pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
-    let read = async {
-        let mut stream = body.into_data_stream();
-        let mut buf = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            // The cause stays in the debug log: a client needs to know that
-            // its body was unreadable, not how the HTTP stack noticed.
-            let chunk = chunk.map_err(|e| {
-                debug!(error = %e, "request body read failed");
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "body_read_failed",
-                    "could not read the request body",
-                )
-            })?;
-            job::check_size(buf.len() + chunk.len(), limit)?;
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf)
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or_else(|_| {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+        // http-body-util's `Limited` (inside `to_bytes`) stops at the limit.
+        Ok(Err(e)) if is_length_limit(&e) => Err(job::BodyError::TooLarge { limit }.into()),
+        // The cause stays in the debug log: a client needs to know that its
+        // body was unreadable, not how the HTTP stack noticed.
+        Ok(Err(e)) => {
+            debug!(error = %e, "request body read failed");
             Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!("the request body did not arrive within {timeout:?}"),
+                StatusCode::BAD_REQUEST,
+                "body_read_failed",
+                "could not read the request body",
             ))
-        })
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {timeout:?}"),
+        )),
+    }
+}
+
+/// Whether a body error is `to_bytes`'s limit being reached.
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Reads and throws away a request body that will not be used (a refusal
