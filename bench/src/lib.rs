@@ -197,19 +197,18 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
         let mut c = Row::new("(c) raw lapin, confirms pipelined 1024 deep", concurrency);
         // Warm-up: connections, pools, JIT caches, the queue's first segment.
         let warm = (options.count / 5).max(10);
-        load::closed_loop(warm, concurrency, 202, generate.clone()).await?;
-        load::closed_loop(warm, concurrency, 202, generate_quiet.clone()).await?;
-        load::closed_loop(warm, concurrency, 202, direct.clone()).await?;
+        load::closed_loop(warm, concurrency, generate.clone()).await?;
+        load::closed_loop(warm, concurrency, generate_quiet.clone()).await?;
+        load::closed_loop(warm, concurrency, direct.clone()).await?;
         raw.publish(&queue, warm, RAW_WINDOW).await?;
         raw.purge(&queue).await?;
         for _ in 0..options.runs {
             // Interleaved, so that drift affects the three cases alike.
             let sampler = cost::sample_rss(pid);
-            a.add(&load::closed_loop(options.count, concurrency, 202, generate.clone()).await?);
-            a_quiet.add(
-                &load::closed_loop(options.count, concurrency, 202, generate_quiet.clone()).await?,
-            );
-            b.add(&load::closed_loop(options.count, concurrency, 202, direct.clone()).await?);
+            a.add(&load::closed_loop(options.count, concurrency, generate.clone()).await?);
+            a_quiet
+                .add(&load::closed_loop(options.count, concurrency, generate_quiet.clone()).await?);
+            b.add(&load::closed_loop(options.count, concurrency, direct.clone()).await?);
             rss.peak_kib = rss.peak_kib.max(sampler.stop().await);
             // The broker's limit: as deep a pipeline as a good client keeps,
             // whatever the HTTP concurrency (re-measured per block, so its

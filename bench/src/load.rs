@@ -1,57 +1,39 @@
-//! The load generator: a closed loop of HTTP requests at a fixed concurrency
-//! for a fixed count. It is not the thing under test: reqwest with a keep-
-//! alive pool, in this process.
+//! The load for the benchmarks: scalectl's load engine (the one generator
+//! in the workspace), run as a closed loop at a fixed concurrency for a
+//! fixed count. It is not the thing under test: reqwest with a keep-alive
+//! pool, in this process.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, ensure};
+use scalectl::load::{LoadOptions, run_requests};
+
+pub use scalectl::load::MakeRequest;
 
 use crate::stats::Run;
 
-/// How to make request `n`.
-pub type MakeRequest =
-    Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+/// Longer than any answer of a healthy run; a hang fails the run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends `count` requests with `concurrency` in flight; every answer must be
-/// `expect`. Returns the run's latencies and wall time.
-pub async fn closed_loop(
-    count: usize,
-    concurrency: usize,
-    expect: u16,
-    make: MakeRequest,
-) -> Result<Run> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .build()?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, next, make) = (client.clone(), next.clone(), make.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= count {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                let sent = Instant::now();
-                let response = make(&client, n).send().await?;
-                let status = response.status().as_u16();
-                let _ = response.bytes().await?;
-                if status != expect {
-                    bail!("request {n} answered {status}, expected {expect}");
-                }
-                latencies.push(sent.elapsed());
-            }
-        }));
-    }
-    let mut latencies: Vec<Duration> = Vec::with_capacity(count);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    Ok(Run::new(count, started.elapsed(), latencies))
+/// Sends `count` requests with `concurrency` in flight; every answer must
+/// be a 202. Returns the run's latencies and wall time.
+pub async fn closed_loop(count: usize, concurrency: usize, make: MakeRequest) -> Result<Run> {
+    let options = LoadOptions {
+        // Unused: `make` builds each request.
+        url: String::new(),
+        rate: None,
+        concurrency,
+        count: Some(count as u64),
+        duration: None,
+        timeout: REQUEST_TIMEOUT,
+    };
+    let summary = run_requests(&options, make, None, std::future::pending()).await?;
+    ensure!(
+        summary.rejected == 0 && summary.errors == 0,
+        "{} of {count} requests were not answered 202 ({} × 503, {} other)",
+        summary.rejected + summary.errors,
+        summary.rejected,
+        summary.errors
+    );
+    Ok(Run::new(count, summary.elapsed, summary.latencies))
 }

@@ -12,6 +12,11 @@ use anyhow::{Context, bail};
 use indicatif::ProgressBar;
 use tokio::sync::{Mutex, Semaphore};
 
+/// How to make request `n` of a load (from 0): `scalectl load` GETs its
+/// URL; bench POSTs jobs to the publish API as well.
+pub type MakeRequest =
+    Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
 /// How much load, how fast.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -111,10 +116,25 @@ struct Counters {
     errors: AtomicU64,
 }
 
-/// Runs the load until its count or duration is reached or `stop` resolves
-/// (Ctrl-C); in-flight requests are awaited either way.
+/// Runs the load (`GET` of `options.url`) until its count or duration is
+/// reached or `stop` resolves (Ctrl-C); in-flight requests are awaited
+/// either way.
 pub async fn run(
     options: &LoadOptions,
+    progress: Option<ProgressBar>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let url = options.url.clone();
+    let get: MakeRequest = Arc::new(move |client, _| client.get(&url));
+    run_requests(options, get, progress, stop).await
+}
+
+/// The same load engine with requests of the caller's making
+/// (`options.url` is not used): one generator for `scalectl load` and the
+/// benchmarks.
+pub async fn run_requests(
+    options: &LoadOptions,
+    make: MakeRequest,
     progress: Option<ProgressBar>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
@@ -155,8 +175,8 @@ pub async fn run(
                 slots.clone().acquire_owned().await
             } => permit?,
         };
-        issued.fetch_add(1, Ordering::Relaxed);
-        let (client, url) = (client.clone(), options.url.clone());
+        let n = issued.fetch_add(1, Ordering::Relaxed);
+        let request = make(&client, n);
         let (counters, latencies, ids, progress) = (
             counters.clone(),
             latencies.clone(),
@@ -165,7 +185,7 @@ pub async fn run(
         );
         tasks.spawn(async move {
             let sent = Instant::now();
-            let answer = client.get(&url).send().await;
+            let answer = request.send().await;
             let elapsed = sent.elapsed();
             match answer {
                 Ok(response) if response.status().as_u16() == 202 => {
