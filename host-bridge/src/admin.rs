@@ -16,12 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
 use crate::broker::SessionWatch;
 use crate::consume::ConsumeStatus;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::publish::PublishApi;
+use crate::server::ApiError;
 
 /// What /readyz checks.
 #[derive(Clone)]

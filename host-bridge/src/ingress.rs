@@ -5,7 +5,7 @@
 //! `wasmtime serve` builds its HTTP server with no timer, so it has no header
 //! or body read timeout at all, and the containerd shims expose whatever
 //! their runtime does. With this role on, clients reach the bridge's
-//! listener (with every limit [`crate::api::serve`] applies: a connection
+//! listener (with every limit [`crate::server::serve`] applies: a connection
 //! cap, a header read timeout, JSON errors), and the bridge forwards each
 //! request to the component on loopback:
 //!
@@ -37,9 +37,9 @@ use job::MAX_BODY_BYTES;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::api::{ApiError, discard_body, read_body};
 use crate::config::Config;
 use crate::metrics::{IngressOutcome, Metrics};
+use crate::server::{ApiError, discard_body, read_body};
 
 /// The largest answer passed back from the component. Its answers are small
 /// JSON objects; anything bigger is a broken component, not a client's data.

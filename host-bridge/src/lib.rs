@@ -15,13 +15,13 @@
 //! `--shutdown-grace`, close the channel and the connection.
 
 pub mod admin;
-pub mod api;
 pub mod broker;
 pub mod config;
 pub mod consume;
 pub mod ingress;
 pub mod metrics;
 pub mod publish;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -150,7 +150,7 @@ impl Bridge {
             worker_client,
             broker,
         } = self;
-        let limits = api::ServeLimits {
+        let limits = server::ServeLimits {
             max_connections: config.max_connections as usize,
             header_read_timeout: config.header_read_timeout,
         };
@@ -161,7 +161,7 @@ impl Bridge {
         let close = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let serve = |what: &'static str, listener, router| {
-            let served = api::serve(listener, router, limits, stop.clone().cancelled_owned());
+            let served = server::serve(listener, router, limits, stop.clone().cancelled_owned());
             (what, tokio::spawn(served))
         };
 
@@ -200,7 +200,7 @@ impl Bridge {
         }
         let readiness = admin::Readiness::new(sessions, publishing, consuming, stop.clone())
             .with_ingress(fronting);
-        let admin_task = tokio::spawn(api::serve(
+        let admin_task = tokio::spawn(server::serve(
             admin_listener,
             admin::router(metrics, readiness),
             limits,

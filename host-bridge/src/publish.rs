@@ -34,10 +34,10 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::api::{ApiError, discard_body, read_json_body};
 use crate::broker::{Session, SessionWatch};
 use crate::config::Config;
 use crate::metrics::{Metrics, PublishOutcome};
+use crate::server::{ApiError, discard_body, read_json_body};
 
 /// The header in which the producer says until when (Unix time in
 /// milliseconds) it will wait for this answer. The bridge starts a publish
