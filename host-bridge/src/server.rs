@@ -26,11 +26,17 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 /// The most header bytes (names and values) a request may carry; past it a
-/// JSON `431`. Generous for any real client of these APIs. hyper's own read
-/// buffer (about 400 KiB; a smaller one was seen to cut off connections
-/// carrying 60 KB bodies) answers a bare `431` only past that: a request
-/// hostile by any measure.
+/// JSON `431`. Generous for any real client of these APIs.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// The most a connection's read buffer may hold. hyper's default (about
+/// 400 KiB) let 300 connections that each sent 300 KiB of one unfinished
+/// header hold 116 MiB until the header timeout, over the sidecar's 64 Mi;
+/// with this, every listener's connections hold at most `MAX_CONNECTIONS`
+/// × 16 KiB. A head that fills it before it ends gets hyper's own (bare)
+/// `431` and a close; between [`MAX_HEADER_BYTES`] and this, the JSON one.
+/// Bodies stream through the buffer and are bounded by their own limits.
+pub const MAX_READ_BUFFER: usize = 2 * MAX_HEADER_BYTES;
 
 /// How long to pause after a failed accept (out of file descriptors, say)
 /// rather than spin on it.
@@ -275,7 +281,8 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(MAX_READ_BUFFER);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {
