@@ -835,6 +835,18 @@ async fn trickle(
     (answer, started.elapsed())
 }
 
+/// Resolves once a publish through `url` (a publish API) gets a 202, within
+/// `limit`: an honest client served among hostile ones.
+async fn honest_publish(url: String, limit: Duration) {
+    testkit::eventually("an honest publish among hostile clients", limit, || async {
+        let r = testkit::rig::publish_to(&url, job("honest", json!(null)))
+            .await
+            .ok()?;
+        (r.status() == 202).then_some(())
+    })
+    .await
+}
+
 /// 12 KiB of headers to `url` get the JSON `431 headers_too_large`: over
 /// the bridge's limit (8 KiB), within its read buffer (16 KiB), past which
 /// hyper answers a bare one.
@@ -922,19 +934,7 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
     let bridge = RunningBridge::start_ready(&args).await?;
     let publish = bridge.publish_addr.context("publish role")?;
     let admin = bridge.admin_addr;
-    let honest = testkit::eventually(
-        "an honest publish among slow clients",
-        Duration::from_secs(10),
-        || async {
-            let r = testkit::rig::publish_to(
-                &bridge.publish_url("/v1/publish"),
-                job("honest", json!(null)),
-            )
-            .await
-            .ok()?;
-            (r.status() == 202).then_some(())
-        },
-    );
+    let honest = honest_publish(bridge.publish_url("/v1/publish"), Duration::from_secs(10));
     assert_slow_clients_cut_off("slowloris", &[publish, admin], "/v1/publish", honest).await?;
 
     // Errors that the HTTP stack, not a route, produces are JSON too.
@@ -1422,20 +1422,7 @@ async fn a_flood_of_huge_headers_is_cut_off_within_bounded_memory() -> Result<()
             (sent, first)
         }));
     }
-    let honest = testkit::eventually(
-        "an honest publish among the floods",
-        Duration::from_secs(20),
-        || async {
-            let r = testkit::rig::publish_to(
-                &bridge.publish_url("/v1/publish"),
-                job("honest", json!(null)),
-            )
-            .await
-            .ok()?;
-            (r.status() == 202).then_some(())
-        },
-    );
-    honest.await;
+    honest_publish(bridge.publish_url("/v1/publish"), Duration::from_secs(20)).await;
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for flood in floods {
         let (_, first) = flood.await?;
