@@ -25,7 +25,7 @@
 //! | `504 outcome_unknown` + `Retry-After` | the request was delivered, but no whole answer came back in `--producer-timeout`: a job **may** be queued. Retry with the same id. |
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -49,6 +49,11 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// loopback and only makes an instance: a healthy one answers in
 /// milliseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one probe's verdict stands. `/readyz` is open to whoever reaches
+/// the admin port, and each probe makes a Wasm instance: however often it
+/// is asked, the component is probed at most once per this.
+const PROBE_FRESH: Duration = Duration::from_secs(1);
 
 /// The component's probe route: answers `200` and creates nothing.
 const PROBE_PATH: &str = "/healthz";
@@ -91,6 +96,9 @@ pub struct Ingress {
     retry_after: u32,
     max_in_flight: u32,
     permits: Arc<Semaphore>,
+    /// The latest probe's verdict and when it was reached; the lock also
+    /// makes concurrent `/readyz` calls share one probe.
+    last_probe: tokio::sync::Mutex<Option<(Instant, Result<(), &'static str>)>>,
     metrics: Metrics,
 }
 
@@ -116,6 +124,7 @@ impl Ingress {
             retry_after: config.retry_after_secs,
             max_in_flight: config.ingress_max_in_flight,
             permits: Arc::new(Semaphore::new(config.ingress_max_in_flight as usize)),
+            last_probe: tokio::sync::Mutex::new(None),
             metrics,
         })
     }
@@ -127,7 +136,20 @@ impl Ingress {
 
     /// `Ok` while the component answers its probe route; `/readyz` asks.
     /// A TCP connect would not do: a frozen runtime's kernel still accepts.
+    /// A verdict younger than [`PROBE_FRESH`] is reused.
     pub async fn probe(&self) -> Result<(), &'static str> {
+        let mut last = self.last_probe.lock().await;
+        if let Some((at, verdict)) = *last
+            && at.elapsed() < PROBE_FRESH
+        {
+            return verdict;
+        }
+        let verdict = self.probe_now().await;
+        *last = Some((Instant::now(), verdict));
+        verdict
+    }
+
+    async fn probe_now(&self) -> Result<(), &'static str> {
         let probe = self
             .client
             .get(format!("{}{PROBE_PATH}", self.upstream))
@@ -297,6 +319,43 @@ fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[tokio::test]
+    async fn readiness_probes_the_component_at_most_once_per_second_however_often_asked() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let component = Router::new().route(
+            PROBE_PATH,
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, component).await });
+        let url = format!("http://{addr}");
+        let config = <Config as clap::Parser>::try_parse_from([
+            "host-bridge",
+            "--roles",
+            "ingress",
+            "--producer-url",
+            url.as_str(),
+        ])
+        .unwrap();
+        let ingress = Arc::new(Ingress::new(&config, Metrics::new()).unwrap());
+        let asks: Vec<_> = (0..50)
+            .map(|_| {
+                let ingress = ingress.clone();
+                tokio::spawn(async move { ingress.probe().await })
+            })
+            .collect();
+        for ask in asks {
+            assert_eq!(ask.await.unwrap(), Ok(()));
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "50 asks, one probe");
+    }
 
     #[test]
     fn the_component_address_is_host_and_port_only() {
