@@ -864,6 +864,11 @@ async fn assert_json_431(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The tests that open hundreds or thousands of connections at once run one
+/// at a time: run together, one's flood starved another's server (a 2,000
+/// burst once got a connection error while the header flood ran beside it).
+static FLOODS: Mutex<()> = Mutex::const_new(());
+
 /// Short read timeouts and a small connection cap, so that slow clients
 /// are cut off, and wait their turn, within a test's time.
 const SLOW_CLIENT_LIMITS: &[&str] = &[
@@ -928,6 +933,7 @@ async fn assert_slow_clients_cut_off(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
+    let _alone = FLOODS.lock().await;
     let queue = unique_queue("stress-slow");
     let mut args = vec!["--roles", "publish", "--queue", &queue];
     args.extend_from_slice(SLOW_CLIENT_LIMITS);
@@ -1029,6 +1035,7 @@ async fn generate(url: &str, id: &str) -> Result<(u16, String, bool, Duration)> 
 /// so that a body the producer would take is never refused on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit() -> Result<()> {
+    let _alone = FLOODS.lock().await;
     let queue = unique_queue("stress-front-slow");
     let front = FrontDoor::start(&queue, SLOW_CLIENT_LIMITS).await?;
     let honest = testkit::eventually(
@@ -1243,6 +1250,7 @@ async fn burst(url: &str, prefix: &str, count: usize) -> Result<Answers> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false_503() -> Result<()>
 {
+    let _alone = FLOODS.lock().await;
     let queue = unique_queue("stress-overload");
     let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
     let producer = wasm::serve(
@@ -1287,6 +1295,7 @@ async fn overload_at_concurrency_2000_answers_json_with_retry_after_and_no_false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer_gave() -> Result<()>
 {
+    let _alone = FLOODS.lock().await;
     let queue = unique_queue("stress-serve");
     let bridge = publisher(&amqp_url(), &queue, &["--max-publishes-in-flight", "32"]).await?;
     let producer = testkit::runtime::WasmtimeServe::start(
@@ -1334,6 +1343,7 @@ async fn overload_under_wasmtime_serve_every_caller_gets_the_answer_the_producer
 /// stays inside its sidecar memory limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_through_the_front_door_refuses_at_once_and_every_202_arrives() -> Result<()> {
+    let _alone = FLOODS.lock().await;
     let queue = unique_queue("stress-front-over");
     let front = FrontDoor::start(&queue, &["--max-publishes-in-flight", "32"]).await?;
     let answers = burst(&front.url("/generate"), "front-over", 2_000).await?;
@@ -1398,6 +1408,7 @@ async fn overload_through_the_front_door_refuses_at_once_and_every_202_arrives()
 /// one off with a 431 or a close, and serve an honest publish meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_huge_headers_is_cut_off_within_bounded_memory() -> Result<()> {
+    let _alone = FLOODS.lock().await;
     let queue = unique_queue("stress-headers");
     let bridge = publisher(&amqp_url(), &queue, &["--header-read-timeout", "5s"]).await?;
     let addr = bridge.publish_addr;
