@@ -107,91 +107,29 @@ struct Pod {
 /// Runs the scenario against the HPA spec.
 pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let mut controller = Controller::default();
-    let mut pods: Vec<Pod> = (0..scenario.initial_replicas)
-        .map(|_| Pod {
-            ready_at: 0.0,
-            busy: vec![],
-            leaving: false,
-        })
-        .collect();
-    let mut replicas = scenario.initial_replicas;
-    let mut ready = 0;
-    let mut burst_pending = true;
-    let mut rate_arrived = 0u32;
-    let steady =
-        |t: f64| (scenario.rate * t.min(scenario.rate_duration) + TIME_EPSILON).floor() as u32;
-    let total = scenario.burst + steady(scenario.rate_duration);
-    let (mut stats, mut scraped) = (0.0, 0.0);
+    let mut world = World::new(scenario);
     let mut ticks = Vec::new();
     let mut timeline = Vec::new();
-    let mut peak = replicas;
-    let mut first_scale_up = None;
-    let mut drain_time = None;
-    let mut done = 0u32;
+    let (mut peak, mut first_scale_up) = (world.replicas, None);
     let steps = (scenario.horizon / STEP) as u64;
-    let every = |t: f64, period: f64| {
-        period > 0.0
-            && ((t / STEP).round() as u64).is_multiple_of((period / STEP).round().max(1.0) as u64)
-    };
     for step in 0..=steps {
         let t = step as f64 * STEP;
-        // Arrivals.
-        if burst_pending && t + TIME_EPSILON >= scenario.burst_at {
-            burst_pending = false;
-            ready += scenario.burst;
-        }
-        let due = steady(t);
-        ready += due - rate_arrived;
-        rate_arrived = due;
-        // Finished jobs leave; pods that were removed go once idle.
-        for pod in &mut pods {
-            let before = pod.busy.len();
-            pod.busy.retain(|end| *end > t + TIME_EPSILON);
-            done += (before - pod.busy.len()) as u32;
-        }
-        pods.retain(|p| !(p.leaving && p.busy.is_empty()));
-        // Ready pods take work.
-        for pod in pods
-            .iter_mut()
-            .filter(|p| !p.leaving && p.ready_at <= t + TIME_EPSILON)
-        {
-            while ready > 0 && (pod.busy.len() as u32) < scenario.concurrency {
-                ready -= 1;
-                pod.busy.push(t + scenario.service_time);
-            }
-        }
-        let unacked = in_hand(&pods);
-        if drain_time.is_none() && !burst_pending && done >= total && ready == 0 && unacked == 0 {
-            drain_time = Some(t - scenario.burst_at.min(t));
-        }
-        // The metric pipeline: broker stats, then the scrape.
-        if every(t, scenario.stats_interval) {
-            stats = f64::from(ready + unacked);
-        }
-        if every(t, scenario.scrape_interval) {
-            scraped = stats;
-        }
+        world.arrive(t);
+        world.finish(t);
+        world.assign(t);
+        world.observe(t);
         if every(t, 1.0) {
-            timeline.push(snapshot(t, ready, unacked, scraped, replicas, &pods));
+            timeline.push(world.snapshot(t));
         }
         if every(t, SYNC_PERIOD) {
-            let desired = controller.sync(spec, t, scraped, replicas);
-            if desired > replicas {
+            let desired = controller.sync(spec, t, world.scraped, world.replicas);
+            if desired > world.replicas {
                 first_scale_up.get_or_insert(t - scenario.burst_at.min(t));
-                for _ in replicas..desired {
-                    pods.push(Pod {
-                        ready_at: t + scenario.pod_start,
-                        busy: vec![],
-                        leaving: false,
-                    });
-                }
-            } else if desired < replicas {
-                remove(&mut pods, (replicas - desired) as usize);
             }
-            replicas = desired;
-            peak = peak.max(replicas);
-            ticks.push(snapshot(t, ready, unacked, scraped, replicas, &pods));
-            if drain_time.is_some() && replicas == spec.min {
+            world.scale_to(t, desired);
+            peak = peak.max(desired);
+            ticks.push(world.snapshot(t));
+            if world.drain_time.is_some() && desired == spec.min {
                 break;
             }
         }
@@ -202,25 +140,153 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         timeline,
         peak_replicas: peak,
         first_scale_up,
-        drain_time,
+        drain_time: world.drain_time,
         lower_bound: (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time,
     }
 }
 
-/// The state at `t`, as a table row.
-fn snapshot(t: f64, ready: u32, unacked: u32, metric: f64, replicas: i32, pods: &[Pod]) -> Tick {
-    let ready_pods = pods
-        .iter()
-        .filter(|p| !p.leaving && p.ready_at <= t)
-        .count() as u32;
-    Tick {
-        t,
-        ready,
-        unacked,
-        metric,
-        replicas,
-        ready_pods,
+/// Whether a clock with this period ticks at `t` (all clocks tick at 0).
+fn every(t: f64, period: f64) -> bool {
+    period > 0.0
+        && ((t / STEP).round() as u64).is_multiple_of((period / STEP).round().max(1.0) as u64)
+}
+
+/// The simulated queue, pods and metric pipeline; `plan` advances it one
+/// step at a time, one method per phase of a step, in this order.
+struct World<'a> {
+    scenario: &'a Scenario,
+    pods: Vec<Pod>,
+    replicas: i32,
+    /// Messages ready in the queue.
+    ready: u32,
+    burst_pending: bool,
+    /// Steady-rate jobs that have arrived so far.
+    rate_arrived: u32,
+    /// Every job the scenario brings (burst and rate).
+    total: u32,
+    done: u32,
+    /// The broker's last stats refresh of ready + unacked.
+    stats: f64,
+    /// What the last scrape read from the broker's stats.
+    scraped: f64,
+    drain_time: Option<f64>,
+}
+
+impl<'a> World<'a> {
+    fn new(scenario: &'a Scenario) -> Self {
+        let pods = (0..scenario.initial_replicas)
+            .map(|_| Pod {
+                ready_at: 0.0,
+                busy: vec![],
+                leaving: false,
+            })
+            .collect();
+        Self {
+            scenario,
+            pods,
+            replicas: scenario.initial_replicas,
+            ready: 0,
+            burst_pending: true,
+            rate_arrived: 0,
+            total: scenario.burst + steady(scenario, scenario.rate_duration),
+            done: 0,
+            stats: 0.0,
+            scraped: 0.0,
+            drain_time: None,
+        }
     }
+
+    /// The burst (once) and the steady rate's jobs due by `t`.
+    fn arrive(&mut self, t: f64) {
+        if self.burst_pending && t + TIME_EPSILON >= self.scenario.burst_at {
+            self.burst_pending = false;
+            self.ready += self.scenario.burst;
+        }
+        let due = steady(self.scenario, t);
+        self.ready += due - self.rate_arrived;
+        self.rate_arrived = due;
+    }
+
+    /// Finished jobs leave; pods that were removed go once idle.
+    fn finish(&mut self, t: f64) {
+        for pod in &mut self.pods {
+            let before = pod.busy.len();
+            pod.busy.retain(|end| *end > t + TIME_EPSILON);
+            self.done += (before - pod.busy.len()) as u32;
+        }
+        self.pods.retain(|p| !(p.leaving && p.busy.is_empty()));
+    }
+
+    /// Ready pods take work up to their concurrency; the first time nothing
+    /// is left anywhere, the drain time is recorded.
+    fn assign(&mut self, t: f64) {
+        let scenario = self.scenario;
+        for pod in self
+            .pods
+            .iter_mut()
+            .filter(|p| !p.leaving && p.ready_at <= t + TIME_EPSILON)
+        {
+            while self.ready > 0 && (pod.busy.len() as u32) < scenario.concurrency {
+                self.ready -= 1;
+                pod.busy.push(t + scenario.service_time);
+            }
+        }
+        let drained = !self.burst_pending
+            && self.done >= self.total
+            && self.ready == 0
+            && in_hand(&self.pods) == 0;
+        if drained && self.drain_time.is_none() {
+            self.drain_time = Some(t - scenario.burst_at.min(t));
+        }
+    }
+
+    /// The metric pipeline: broker stats, then the scrape.
+    fn observe(&mut self, t: f64) {
+        if every(t, self.scenario.stats_interval) {
+            self.stats = f64::from(self.ready + in_hand(&self.pods));
+        }
+        if every(t, self.scenario.scrape_interval) {
+            self.scraped = self.stats;
+        }
+    }
+
+    /// The controller's decision: new pods start, removed pods drain.
+    fn scale_to(&mut self, t: f64, desired: i32) {
+        if desired > self.replicas {
+            for _ in self.replicas..desired {
+                self.pods.push(Pod {
+                    ready_at: t + self.scenario.pod_start,
+                    busy: vec![],
+                    leaving: false,
+                });
+            }
+        } else if desired < self.replicas {
+            remove(&mut self.pods, (self.replicas - desired) as usize);
+        }
+        self.replicas = desired;
+    }
+
+    /// The state at `t`, as a table row.
+    fn snapshot(&self, t: f64) -> Tick {
+        let ready_pods = self
+            .pods
+            .iter()
+            .filter(|p| !p.leaving && p.ready_at <= t)
+            .count() as u32;
+        Tick {
+            t,
+            ready: self.ready,
+            unacked: in_hand(&self.pods),
+            metric: self.scraped,
+            replicas: self.replicas,
+            ready_pods,
+        }
+    }
+}
+
+/// Steady-rate jobs arrived by `t` (the rate stops after its duration).
+fn steady(scenario: &Scenario, t: f64) -> u32 {
+    (scenario.rate * t.min(scenario.rate_duration) + TIME_EPSILON).floor() as u32
 }
 
 fn in_hand(pods: &[Pod]) -> u32 {
