@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -109,11 +109,61 @@ impl Summary {
     }
 }
 
+/// What the requests in flight report into, shared by their tasks.
 #[derive(Default)]
-struct Counters {
+struct Tallies {
     accepted: AtomicU64,
     rejected: AtomicU64,
     errors: AtomicU64,
+    latencies: Mutex<Vec<Duration>>,
+    ids: Mutex<Vec<String>>,
+}
+
+impl Tallies {
+    /// Counts one answer: 202s (with their ids) and 503s are answers with
+    /// a latency; anything else is an error.
+    async fn record(&self, answer: reqwest::Result<reqwest::Response>, elapsed: Duration) {
+        match answer {
+            Ok(response) if response.status().as_u16() == 202 => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Ok(body) = response.json::<serde_json::Value>().await
+                    && let Some(id) = body["id"].as_str()
+                {
+                    self.ids.lock().await.push(id.to_owned());
+                }
+                self.latencies.lock().await.push(elapsed);
+            }
+            Ok(response) if response.status().as_u16() == 503 => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.latencies.lock().await.push(elapsed);
+            }
+            Ok(_) | Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn progress(&self) -> String {
+        format!(
+            "accepted {} rejected {} errors {}",
+            self.accepted.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed)
+        )
+    }
+
+    async fn summary(&self, elapsed: Duration) -> Summary {
+        let mut latencies = std::mem::take(&mut *self.latencies.lock().await);
+        latencies.sort();
+        Summary {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latencies,
+            elapsed,
+            ids: std::mem::take(&mut *self.ids.lock().await),
+        }
+    }
 }
 
 /// Runs the load (`GET` of `options.url`) until its count or duration is
@@ -145,11 +195,8 @@ pub async fn run_requests(
         .timeout(options.timeout)
         .tcp_nodelay(true)
         .build()?;
-    let counters = Arc::new(Counters::default());
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let ids = Arc::new(Mutex::new(Vec::new()));
+    let tallies = Arc::new(Tallies::default());
     let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let issued = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
     let mut tick = options
@@ -157,12 +204,8 @@ pub async fn run_requests(
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(stop);
-    loop {
-        if options
-            .count
-            .is_some_and(|c| issued.load(Ordering::Relaxed) as u64 >= c)
-            || deadline.is_some_and(|d| Instant::now() >= d)
-        {
+    for n in 0.. {
+        if options.count.is_some_and(|c| n >= c) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         // Pace by the rate if there is one; the semaphore bounds in-flight.
@@ -175,60 +218,21 @@ pub async fn run_requests(
                 slots.clone().acquire_owned().await
             } => permit?,
         };
-        let n = issued.fetch_add(1, Ordering::Relaxed);
-        let request = make(&client, n);
-        let (counters, latencies, ids, progress) = (
-            counters.clone(),
-            latencies.clone(),
-            ids.clone(),
-            progress.clone(),
-        );
+        let request = make(&client, n as usize);
+        let (tallies, progress) = (tallies.clone(), progress.clone());
         tasks.spawn(async move {
             let sent = Instant::now();
             let answer = request.send().await;
-            let elapsed = sent.elapsed();
-            match answer {
-                Ok(response) if response.status().as_u16() == 202 => {
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(body) = response.json::<serde_json::Value>().await
-                        && let Some(id) = body["id"].as_str()
-                    {
-                        ids.lock().await.push(id.to_owned());
-                    }
-                    latencies.lock().await.push(elapsed);
-                }
-                Ok(response) if response.status().as_u16() == 503 => {
-                    counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    latencies.lock().await.push(elapsed);
-                }
-                Ok(_) | Err(_) => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            tallies.record(answer, sent.elapsed()).await;
             if let Some(bar) = progress {
                 bar.inc(1);
-                bar.set_message(format!(
-                    "accepted {} rejected {} errors {}",
-                    counters.accepted.load(Ordering::Relaxed),
-                    counters.rejected.load(Ordering::Relaxed),
-                    counters.errors.load(Ordering::Relaxed)
-                ));
+                bar.set_message(tallies.progress());
             }
             drop(permit);
         });
     }
     while tasks.join_next().await.is_some() {}
-    let mut latencies = std::mem::take(&mut *latencies.lock().await);
-    latencies.sort();
-    let ids = std::mem::take(&mut *ids.lock().await);
-    Ok(Summary {
-        accepted: counters.accepted.load(Ordering::Relaxed),
-        rejected: counters.rejected.load(Ordering::Relaxed),
-        errors: counters.errors.load(Ordering::Relaxed),
-        latencies,
-        elapsed: started.elapsed(),
-        ids,
-    })
+    Ok(tallies.summary(started.elapsed()).await)
 }
 
 #[cfg(test)]
