@@ -165,29 +165,62 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
         ],
     )
     .await?;
-    let raw = Raw::connect(&options.amqp_url).await?;
+    let cases = PublishCases {
+        generate: get(producer.url("/generate")),
+        generate_quiet: get(quiet.url("/generate")),
+        direct: post_job(publish_url),
+        raw: Raw::connect(&options.amqp_url).await?,
+        queue: queue.to_string(),
+    };
     let pid = bridge.pid().context("bridge pid")?;
     let mut rss = cost::Rss {
         idle_kib: cost::rss_kib(pid)?,
         peak_kib: 0,
     };
+    let mut rows = Vec::new();
+    for &concurrency in &options.concurrency {
+        rows.extend(cases.measure(options, concurrency, pid, &mut rss).await?);
+    }
+    bridge.sigterm()?;
+    Ok((rows, rss))
+}
 
-    let generate_url = producer.url("/generate");
-    let generate: MakeRequest = Arc::new(move |c, _| c.get(&generate_url));
-    let quiet_url = quiet.url("/generate");
-    let generate_quiet: MakeRequest = Arc::new(move |c, _| c.get(&quiet_url));
-    let direct_url = publish_url.clone();
-    let direct: MakeRequest = Arc::new(move |c, n| {
-        c.post(&direct_url)
+/// `GET url`, for every request.
+fn get(url: String) -> MakeRequest {
+    Arc::new(move |c, _| c.get(&url))
+}
+
+/// A job `bench-<n>` POSTed to the bridge's publish API.
+fn post_job(url: String) -> MakeRequest {
+    Arc::new(move |c, n| {
+        c.post(&url)
             .header("content-type", "application/json")
             .body(
                 json!({ "id": format!("bench-{n}"), "created_at": "2026-01-01T00:00:00Z" })
                     .to_string(),
             )
-    });
+    })
+}
 
-    let mut rows = Vec::new();
-    for &concurrency in &options.concurrency {
+/// The publish path's four cases, ready to run.
+struct PublishCases {
+    generate: MakeRequest,
+    generate_quiet: MakeRequest,
+    direct: MakeRequest,
+    raw: Raw,
+    queue: String,
+}
+
+impl PublishCases {
+    /// Every case at one concurrency: a warm-up, then `options.runs`
+    /// interleaved runs, sampling the bridge's RSS meanwhile.
+    async fn measure(
+        &self,
+        options: &Options,
+        concurrency: usize,
+        bridge_pid: u32,
+        rss: &mut cost::Rss,
+    ) -> Result<[Row; 4]> {
         let mut a = Row::new(
             "(a) /generate: Wasm producer → bridge → RabbitMQ",
             concurrency,
@@ -195,31 +228,39 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
         let mut a_quiet = Row::new("(a′) the same, BRIDGE_OBSERVE_URL=off", concurrency);
         let mut b = Row::new("(b) bridge publish API → RabbitMQ", concurrency);
         let mut c = Row::new("(c) raw lapin, confirms pipelined 1024 deep", concurrency);
+        let http = [&self.generate, &self.generate_quiet, &self.direct];
         // Warm-up: connections, pools, JIT caches, the queue's first segment.
-        let warm = (options.count / 5).max(10);
-        load::closed_loop(warm, concurrency, generate.clone()).await?;
-        load::closed_loop(warm, concurrency, generate_quiet.clone()).await?;
-        load::closed_loop(warm, concurrency, direct.clone()).await?;
-        raw.publish(&queue, warm, RAW_WINDOW).await?;
-        raw.purge(&queue).await?;
+        let warm = warm_up_count(options);
+        for make in http {
+            load::closed_loop(warm, concurrency, make.clone()).await?;
+        }
+        self.raw.publish(&self.queue, warm, RAW_WINDOW).await?;
+        self.raw.purge(&self.queue).await?;
         for _ in 0..options.runs {
             // Interleaved, so that drift affects the three cases alike.
-            let sampler = cost::sample_rss(pid);
-            a.add(&load::closed_loop(options.count, concurrency, generate.clone()).await?);
-            a_quiet
-                .add(&load::closed_loop(options.count, concurrency, generate_quiet.clone()).await?);
-            b.add(&load::closed_loop(options.count, concurrency, direct.clone()).await?);
+            let sampler = cost::sample_rss(bridge_pid);
+            for (row, make) in [&mut a, &mut a_quiet, &mut b].into_iter().zip(http) {
+                row.add(&load::closed_loop(options.count, concurrency, make.clone()).await?);
+            }
             rss.peak_kib = rss.peak_kib.max(sampler.stop().await);
             // The broker's limit: as deep a pipeline as a good client keeps,
             // whatever the HTTP concurrency (re-measured per block, so its
             // spread shows the machine's drift).
-            c.add(&raw.publish(&queue, options.count, RAW_WINDOW).await?);
-            raw.purge(&queue).await?;
+            c.add(
+                &self
+                    .raw
+                    .publish(&self.queue, options.count, RAW_WINDOW)
+                    .await?,
+            );
+            self.raw.purge(&self.queue).await?;
         }
-        rows.extend([a, a_quiet, b, c]);
+        Ok([a, a_quiet, b, c])
     }
-    bridge.sigterm()?;
-    Ok((rows, rss))
+}
+
+/// Requests or jobs in a warm-up: a fifth of a run, at least 10.
+fn warm_up_count(options: &Options) -> usize {
+    (options.count / 5).max(10)
 }
 
 /// The cumulative buckets of `host_bridge_job_duration_seconds` from a scrape.
@@ -247,72 +288,87 @@ async fn consume_path(options: &Options) -> Result<Vec<Row>> {
             ("bridge → Wasm worker", wasm_worker.url("/work")),
             ("bridge → native handler", native.clone()),
         ] {
-            let queue = TestQueue::on(&options.amqp_url, "bench-consume");
-            let p = prefetch.to_string();
-            let bridge = BridgeProcess::spawn_binary(
-                &options.bridge,
-                &options.amqp_url,
-                &[
-                    "--roles",
-                    "consume",
-                    "--queue",
-                    &queue,
-                    "--worker-url",
-                    &url,
-                    "--concurrency",
-                    &p,
-                ],
-            )
-            .await?;
-            bridge.wait_ready().await;
-            let mut row = Row::new(case, prefetch.into());
-            let warm = (options.count / 5).max(10);
-            drain_through_bridge(&raw, &bridge, &queue, warm).await?;
-            for _ in 0..options.runs {
-                let (elapsed, delta) =
-                    drain_through_bridge(&raw, &bridge, &queue, options.count).await?;
-                row.rates.push(options.count as f64 / elapsed.as_secs_f64());
-                row.p50.push(histogram_quantile(0.5, &delta) * 1e3);
-                row.p99.push(histogram_quantile(0.99, &delta) * 1e3);
-            }
-            bridge.sigterm()?;
-            rows.push(row);
+            rows.push(bridge_consume(options, &raw, case, &url, prefetch).await?);
         }
-        // Raw: a queue declared as the bridge declares it.
-        let queue = TestQueue::on(&options.amqp_url, "bench-consume-raw");
-        let declarer = BridgeProcess::spawn_binary(
-            &options.bridge,
-            &options.amqp_url,
-            &["--roles", "publish", "--queue", &queue],
-        )
-        .await?;
-        declarer.wait_ready().await;
-        let mut row = Row::new("raw lapin consume + ack", prefetch.into());
-        for n in 0..=options.runs {
-            let count = if n == 0 {
-                (options.count / 5).max(10)
-            } else {
-                options.count
-            };
-            let consumer = {
-                let (url, queue) = (options.amqp_url.clone(), queue.clone());
-                tokio::spawn(async move {
-                    Raw::connect(&url)
-                        .await?
-                        .consume(&queue, count, prefetch)
-                        .await
-                })
-            };
-            raw.publish(&queue, count, 256).await?;
-            let run = consumer.await??;
-            if n > 0 {
-                row.add(&run);
-            }
-        }
-        declarer.sigterm()?;
-        rows.push(row);
+        rows.push(raw_consume(options, &raw, prefetch).await?);
     }
     Ok(rows)
+}
+
+/// One consume-path case: a consume bridge at `prefetch` pushing to `url`.
+async fn bridge_consume(
+    options: &Options,
+    raw: &Raw,
+    case: &str,
+    url: &str,
+    prefetch: u16,
+) -> Result<Row> {
+    let queue = TestQueue::on(&options.amqp_url, "bench-consume");
+    let p = prefetch.to_string();
+    let bridge = BridgeProcess::spawn_binary(
+        &options.bridge,
+        &options.amqp_url,
+        &[
+            "--roles",
+            "consume",
+            "--queue",
+            &queue,
+            "--worker-url",
+            url,
+            "--concurrency",
+            &p,
+        ],
+    )
+    .await?;
+    bridge.wait_ready().await;
+    let mut row = Row::new(case, prefetch.into());
+    drain_through_bridge(raw, &bridge, &queue, warm_up_count(options)).await?;
+    for _ in 0..options.runs {
+        let (elapsed, delta) = drain_through_bridge(raw, &bridge, &queue, options.count).await?;
+        row.rates.push(options.count as f64 / elapsed.as_secs_f64());
+        row.p50.push(histogram_quantile(0.5, &delta) * 1e3);
+        row.p99.push(histogram_quantile(0.99, &delta) * 1e3);
+    }
+    bridge.sigterm()?;
+    Ok(row)
+}
+
+/// The broker's limit: raw lapin consume + ack at `prefetch`, on a queue
+/// declared as the bridge declares it.
+async fn raw_consume(options: &Options, raw: &Raw, prefetch: u16) -> Result<Row> {
+    let queue = TestQueue::on(&options.amqp_url, "bench-consume-raw");
+    let declarer = BridgeProcess::spawn_binary(
+        &options.bridge,
+        &options.amqp_url,
+        &["--roles", "publish", "--queue", &queue],
+    )
+    .await?;
+    declarer.wait_ready().await;
+    let mut row = Row::new("raw lapin consume + ack", prefetch.into());
+    // Run 0 is the warm-up.
+    for n in 0..=options.runs {
+        let count = if n == 0 {
+            warm_up_count(options)
+        } else {
+            options.count
+        };
+        let consumer = {
+            let (url, queue) = (options.amqp_url.clone(), queue.to_string());
+            tokio::spawn(async move {
+                Raw::connect(&url)
+                    .await?
+                    .consume(&queue, count, prefetch)
+                    .await
+            })
+        };
+        raw.publish(&queue, count, 256).await?;
+        let run = consumer.await??;
+        if n > 0 {
+            row.add(&run);
+        }
+    }
+    declarer.sigterm()?;
+    Ok(row)
 }
 
 /// Publishes `count` jobs and waits until the bridge has acked them all.
@@ -379,40 +435,52 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
          histogram buckets as `histogram_quantile` does; for raw lapin, the gap between consecutive deliveries.\n",
         options.count, options.runs
     );
-    let table = |title: &str, unit: &str, level: &str, rows: &[Row], out: &mut String| {
+    out += &table("1. Publish path", "req/s", "concurrency", &results.publish);
+    out += &publish_ratios(&results.publish, &options.concurrency);
+    out += &table(
+        "2. Consume path (WORK_DURATION_MS=0)",
+        "jobs/s",
+        "prefetch",
+        &results.consume,
+    );
+    out += &consume_ratios(&results.consume, &options.prefetch);
+    let _ = writeln!(out, "## 3. Cost\n\n{}", results.cost.markdown());
+    let _ = writeln!(out, "## 4. Scaling arithmetic\n\n{}", scaling());
+    out
+}
+
+/// A results table: per row, the median rate with its spread, p50 and p99.
+fn table(title: &str, unit: &str, level: &str, rows: &[Row]) -> String {
+    let mut out = format!(
+        "## {title}\n\n| case | {level} | {unit} | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        let (rate, lo, hi) = median_spread(&r.rates);
+        let (p50, ..) = median_spread(&r.p50);
+        let (p99, p99lo, p99hi) = median_spread(&r.p99);
         let _ = writeln!(
             out,
-            "## {title}\n\n| case | {level} | {unit} | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|"
+            "| {} | {} | {rate:.0} ({lo:.0}–{hi:.0}) | {p50:.2} | {p99:.2} ({p99lo:.2}–{p99hi:.2}) |",
+            r.case, r.level
         );
-        for r in rows {
-            let (rate, lo, hi) = median_spread(&r.rates);
-            let (p50, ..) = median_spread(&r.p50);
-            let (p99, p99lo, p99hi) = median_spread(&r.p99);
-            let _ = writeln!(
-                out,
-                "| {} | {} | {rate:.0} ({lo:.0}–{hi:.0}) | {p50:.2} | {p99:.2} ({p99lo:.2}–{p99hi:.2}) |",
-                r.case, r.level
-            );
-        }
-        out.push('\n');
-    };
-    table(
-        "1. Publish path",
-        "req/s",
-        "concurrency",
-        &results.publish,
-        &mut out,
-    );
-    let _ = writeln!(out, "Ratios of medians:\n");
-    for &c in &options.concurrency {
-        let rate = |prefix: &str| {
-            results
-                .publish
-                .iter()
-                .find(|r| r.level == c && r.case.starts_with(prefix))
-                .map(Row::rate)
-                .unwrap_or(0.0)
-        };
+    }
+    out.push('\n');
+    out
+}
+
+/// The median rate of the row at `level` whose case starts with `prefix`.
+fn median_rate(rows: &[Row], level: usize, prefix: &str) -> f64 {
+    rows.iter()
+        .find(|r| r.level == level && r.case.starts_with(prefix))
+        .map(Row::rate)
+        .unwrap_or(0.0)
+}
+
+/// The publish path's cases against the broker's limit and each other.
+fn publish_ratios(rows: &[Row], concurrencies: &[usize]) -> String {
+    let mut out = String::from("Ratios of medians:\n\n");
+    for &c in concurrencies {
+        let rate = |prefix| median_rate(rows, c, prefix);
         let (a, a_quiet, b, raw) = (rate("(a)"), rate("(a′)"), rate("(b)"), rate("(c)"));
         let _ = writeln!(
             out,
@@ -424,23 +492,14 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
         );
     }
     out.push('\n');
-    table(
-        "2. Consume path (WORK_DURATION_MS=0)",
-        "jobs/s",
-        "prefetch",
-        &results.consume,
-        &mut out,
-    );
-    let _ = writeln!(out, "Ratios of medians:\n");
-    for &p in &options.prefetch {
-        let rate = |prefix: &str| {
-            results
-                .consume
-                .iter()
-                .find(|r| r.level == usize::from(p) && r.case.starts_with(prefix))
-                .map(Row::rate)
-                .unwrap_or(0.0)
-        };
+    out
+}
+
+/// The consume path's cases against the broker's limit and each other.
+fn consume_ratios(rows: &[Row], prefetches: &[u16]) -> String {
+    let mut out = String::from("Ratios of medians:\n\n");
+    for &p in prefetches {
+        let rate = |prefix| median_rate(rows, p.into(), prefix);
         let (wasm, native, raw) = (rate("bridge → Wasm"), rate("bridge → native"), rate("raw"));
         let _ = writeln!(
             out,
@@ -451,8 +510,6 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
         );
     }
     out.push('\n');
-    let _ = writeln!(out, "## 3. Cost\n\n{}", results.cost.markdown());
-    let _ = writeln!(out, "## 4. Scaling arithmetic\n\n{}", scaling());
     out
 }
 
