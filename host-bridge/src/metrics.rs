@@ -365,6 +365,12 @@ impl Metrics {
         }
     }
 
+    /// Every metric, typed, as `/metrics` encodes them: for readers in the
+    /// same process, which need not parse the text.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();

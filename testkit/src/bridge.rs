@@ -116,9 +116,10 @@ impl RunningBridge {
 }
 
 impl MetricSource for RunningBridge {
-    /// Read from the bridge's own registry, so it works after a stop too.
+    /// Read, typed, from the bridge's own registry, so it works after a
+    /// stop too.
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        crate::metric_value(&self.metrics.encode(), name, labels)
+        crate::family_value(&self.metrics.gather(), name, labels)
     }
 }
 

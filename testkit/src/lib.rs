@@ -115,6 +115,48 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The same figure, typed, from an in-process registry's families
+/// (`host_bridge::Metrics::gather`): the sum of the counter or gauge
+/// series `name` whose labels include every `labels` pair; for a
+/// histogram, its `name_count` and `name_sum`. Missing is 0.
+pub fn family_value(
+    families: &[::prometheus::proto::MetricFamily],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    use ::prometheus::proto::{Metric, MetricType};
+    let has_labels = |metric: &Metric| {
+        labels.iter().all(|(k, v)| {
+            metric
+                .get_label()
+                .iter()
+                .any(|pair| pair.name() == *k && pair.value() == *v)
+        })
+    };
+    let mut total = 0.0;
+    for family in families {
+        let family_name = family.name();
+        let histogram_part = name
+            .strip_prefix(family_name)
+            .filter(|_| family.get_field_type() == MetricType::HISTOGRAM);
+        if family_name != name && !matches!(histogram_part, Some("_count" | "_sum")) {
+            continue;
+        }
+        for metric in family.get_metric().iter().filter(|m| has_labels(m)) {
+            total += match (family.get_field_type(), histogram_part) {
+                (MetricType::COUNTER, _) => metric.get_counter().get_value(),
+                (MetricType::GAUGE, _) => metric.get_gauge().get_value(),
+                (MetricType::HISTOGRAM, Some("_count")) => {
+                    metric.get_histogram().get_sample_count() as f64
+                }
+                (MetricType::HISTOGRAM, Some("_sum")) => metric.get_histogram().get_sample_sum(),
+                _ => 0.0,
+            };
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +181,44 @@ mod tests {
         assert_eq!(metric_value(text, "m", &[("queue", "x\"y")]), 1.0);
         let (labels, _) = samples(text, "m").nth(1).expect("two samples");
         assert_eq!(labels["le"], "+Inf");
+    }
+
+    #[test]
+    fn typed_and_text_reads_agree_on_a_real_registry() {
+        use host_bridge::metrics::{JobOutcome, Metrics, PublishOutcome};
+        let metrics = Metrics::new();
+        let started = std::time::Instant::now();
+        metrics.publish_done("q", PublishOutcome::Confirmed, started);
+        metrics.publish_done("q", PublishOutcome::Confirmed, started);
+        metrics.publish_done("other", PublishOutcome::Confirmed, started);
+        metrics.job_done("q", JobOutcome::Acked);
+        metrics.broker_up.set(1);
+        drop(metrics.job_started());
+        let (families, text) = (metrics.gather(), metrics.encode());
+        for (name, labels) in [
+            ("host_bridge_published_total", vec![]),
+            ("host_bridge_published_total", vec![("queue", "q")]),
+            ("host_bridge_published_total", vec![("outcome", "refused")]),
+            ("host_bridge_jobs_total", vec![("outcome", "acked")]),
+            ("host_bridge_broker_up", vec![]),
+            ("host_bridge_publish_duration_seconds_count", vec![]),
+            ("host_bridge_job_duration_seconds_count", vec![]),
+            ("host_bridge_job_duration_seconds_sum", vec![]),
+            ("host_bridge_missing", vec![]),
+        ] {
+            assert_eq!(
+                family_value(&families, name, &labels),
+                metric_value(&text, name, &labels),
+                "{name} {labels:?}"
+            );
+        }
+        assert_eq!(
+            family_value(&families, "host_bridge_published_total", &[("queue", "q")]),
+            2.0
+        );
+        assert_eq!(
+            family_value(&families, "host_bridge_publish_duration_seconds_count", &[]),
+            3.0
+        );
     }
 }
