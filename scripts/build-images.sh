@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Builds the component images (FROM scratch: spin.toml + .wasm, platform
-# wasi/wasm) with buildah, which needs no daemon, and writes each as an OCI
-# layout under target/images/ as well, for inspection and `skopeo copy`.
+# Builds each component in two shapes, with no daemon:
+#   <name>:TAG       FROM scratch, spin.toml + .wasm in a tar layer, platform
+#                    wasi/wasm (buildah). For containerd-shim-spin: the
+#                    spin.toml carries the component's environment and
+#                    allowed_outbound_hosts, which the producer needs.
+#   <name>-wasm:TAG  an OCI Wasm artifact: the component itself as an
+#                    `application/wasm` layer (wasm-oci). runwasi's shims
+#                    precompile it once per node instead of at every start.
+# Each is written as an OCI layout under target/images/ too, for inspection
+# and `skopeo copy`.
 # With BRIDGE=1 it also builds host-bridge's image (that one pulls its base
 # images, so it needs a registry).
 set -euo pipefail
@@ -28,6 +35,8 @@ for c in producer worker; do
   rm -rf "target/images/$c" && mkdir -p target/images
   bh push --quiet "$image" "oci:target/images/$c:$TAG"
   echo "images: $image (OCI layout in target/images/$c)"
+  # The Wasm artifact, as $REGISTRY/wasm-jobs-$c-wasm:$TAG once pushed (make push).
+  cargo run --quiet --release -p wasm-oci -- "target/wasm32-wasip2/release/$c.wasm" "target/images/$c-wasm" --tag "$TAG"
 done
 
 if [ "${BRIDGE:-0}" = 1 ]; then

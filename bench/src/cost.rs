@@ -71,6 +71,10 @@ pub struct Cost {
     pub instantiate: Vec<Duration>,
     /// Linear memory the worker instance reserves, bytes.
     pub wasm_memory: usize,
+    /// Cranelift compile time per component (name, one figure per run):
+    /// what a container start pays when its shim cannot use a precompiled
+    /// artifact (a plain tar image), and what a Wasm-layer image saves.
+    pub compile: Vec<(&'static str, Vec<Duration>)>,
 }
 
 impl Cost {
@@ -107,6 +111,13 @@ impl Cost {
             "| Wasm worker linear memory per instance | {:.0} KiB |",
             self.wasm_memory as f64 / 1024.0
         );
+        for (name, times) in &self.compile {
+            let (median, lo, hi) = median_spread(&ms(times));
+            let _ = writeln!(
+                out,
+                "| compiling the {name} component (Cranelift, wasmtime 48, all cores) | {median:.0} ms ({lo:.0}–{hi:.0}) |"
+            );
+        }
         out
     }
 }
@@ -138,11 +149,16 @@ pub async fn measure(options: &Options, rss: Rss) -> Result<Cost> {
         // `queue` deletes its topology (.dead and .dlx too) as it drops.
     }
     let (instantiate, wasm_memory) = instantiation(300).await?;
+    let mut compile = Vec::new();
+    for name in ["producer", "worker"] {
+        compile.push((name, compile_times(name, options.runs.max(3))?));
+    }
     Ok(Cost {
         rss,
         startup,
         instantiate,
         wasm_memory,
+        compile,
     })
 }
 
@@ -161,4 +177,18 @@ async fn instantiation(n: usize) -> Result<(Vec<Duration>, usize)> {
         memory = memory.max(store.data().memory);
     }
     Ok((times, memory))
+}
+
+/// Compiles a component from its bytes `runs` times, each with a fresh
+/// engine so nothing is cached: the per-start cost of a plain tar image.
+fn compile_times(name: &str, runs: usize) -> Result<Vec<Duration>> {
+    let wasm = std::fs::read(testkit::wasm::wasm_path(name))?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let engine = wasmtime::Engine::new(&wasmtime::Config::new())?;
+        let started = Instant::now();
+        wasmtime::component::Component::new(&engine, &wasm)?;
+        times.push(started.elapsed());
+    }
+    Ok(times)
 }
