@@ -21,6 +21,26 @@ use serde_json::Value;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// The app as each shim runs it: the default (containerd-shim-spin) and
+/// the wasmtime variant (runwasi's containerd-shim-wasmtime).
+const SHIM_BUILDS: [&str; 2] = ["manifests", "manifests/overlays/wasmtime"];
+
+/// The Wasm containers: (workload, container), each named after its component.
+const WASM_CONTAINERS: [(&str, &str); 2] = [("producer", "producer"), ("worker", "worker")];
+
+/// A component's `environment` in its image's spin.toml.
+fn spin_environment(component: &str) -> Result<BTreeMap<String, String>> {
+    let app: toml::Value = toml::from_str(&std::fs::read_to_string(format!(
+        "{ROOT}/components/{component}/spin.toml"
+    ))?)?;
+    Ok(app["component"][component]["environment"]
+        .as_table()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect())
+}
+
 /// `kubectl kustomize <dir>`, parsed.
 fn build(dir: &str) -> Result<Vec<DynamicObject>> {
     let output = Command::new("kubectl")
@@ -219,7 +239,11 @@ fn hpa_targets_an_existing_deployment_and_runtime_classes_exist() -> Result<()> 
         .map(|c| c.metadata.name.unwrap_or_default())
         .collect();
     assert!(classes.contains("wasmtime-spin-v2"), "{classes:?}");
-    for (name, template) in templates(&objects)? {
+    let wasmtime = build("manifests/overlays/wasmtime")?;
+    for (name, template) in templates(&objects)?
+        .into_iter()
+        .chain(templates(&wasmtime)?)
+    {
         if let Some(class) = template
             .spec
             .as_ref()
@@ -307,7 +331,14 @@ fn secrets_referenced_exist_with_their_keys() -> Result<()> {
 
 #[test]
 fn bridge_containers_agree_with_the_bridge_and_the_components() -> Result<()> {
-    let objects = build("manifests")?;
+    for dir in SHIM_BUILDS {
+        bridge_containers_agree_in(dir).with_context(|| dir.to_owned())?;
+    }
+    Ok(())
+}
+
+fn bridge_containers_agree_in(dir: &str) -> Result<()> {
+    let objects = build(dir)?;
     let templates = templates(&objects)?;
     let defaults = host_bridge::Config::try_parse_from(["host-bridge"])?;
     for workload in ["producer", "worker"] {
@@ -362,7 +393,15 @@ fn bridge_containers_agree_with_the_bridge_and_the_components() -> Result<()> {
 /// listener, with no read timeouts) is reachable from nowhere but the pod.
 #[test]
 fn clients_reach_the_producer_only_through_the_bridges_ingress() -> Result<()> {
-    let objects = build("manifests")?;
+    for dir in SHIM_BUILDS {
+        clients_reach_the_producer_only_through_the_ingress_in(dir)
+            .with_context(|| dir.to_owned())?;
+    }
+    Ok(())
+}
+
+fn clients_reach_the_producer_only_through_the_ingress_in(dir: &str) -> Result<()> {
+    let objects = build(dir)?;
     let templates = templates(&objects)?;
     let producer = &templates["producer"];
     let bridge = container(producer, "bridge")?;
@@ -410,7 +449,55 @@ fn clients_reach_the_producer_only_through_the_bridges_ingress() -> Result<()> {
 
 #[test]
 fn grace_period_covers_job_time_plus_drain() -> Result<()> {
-    let objects = build("manifests")?;
+    for dir in SHIM_BUILDS {
+        grace_period_covers_job_time_plus_drain_in(dir).with_context(|| dir.to_owned())?;
+        producer_outlives_its_ingress_drain_in(dir).with_context(|| dir.to_owned())?;
+    }
+    Ok(())
+}
+
+fn pre_stop_sleep(container: &Container) -> Option<Duration> {
+    container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| Duration::from_secs(s.seconds as u64))
+}
+
+/// Neither shim drains its listener on SIGTERM, so the producer component
+/// must outlive the ingress's drain, which waits for the requests it
+/// forwarded (at most PRODUCER_TIMEOUT) within SHUTDOWN_GRACE.
+fn producer_outlives_its_ingress_drain_in(dir: &str) -> Result<()> {
+    let objects = build(dir)?;
+    let templates = templates(&objects)?;
+    let producer = &templates["producer"];
+    let spec = producer.spec.as_ref().context("spec")?;
+    let grace = Duration::from_secs(spec.termination_grace_period_seconds.context("grace")? as u64);
+    let config = bridge_config("producer", container(producer, "bridge")?)?;
+    let pre_stop = pre_stop_sleep(container(producer, "producer")?)
+        .context("the producer's Wasm container has a preStop sleep")?;
+    println!(
+        "{dir}: PRODUCER_TIMEOUT {:?} <= SHUTDOWN_GRACE {:?} <= preStop {pre_stop:?} < grace {grace:?}",
+        config.producer_timeout, config.shutdown_grace
+    );
+    assert!(
+        config.producer_timeout <= config.shutdown_grace,
+        "a forwarded request must get its answer within the drain"
+    );
+    assert!(
+        config.shutdown_grace <= pre_stop,
+        "the component must outlive the ingress's drain"
+    );
+    assert!(
+        pre_stop < grace && config.shutdown_grace + Duration::from_secs(2) <= grace,
+        "the drain must end before SIGKILL"
+    );
+    Ok(())
+}
+
+fn grace_period_covers_job_time_plus_drain_in(dir: &str) -> Result<()> {
+    let objects = build(dir)?;
     let templates = templates(&objects)?;
     let worker = &templates["worker"];
     let spec = worker.spec.as_ref().context("spec")?;
@@ -418,12 +505,7 @@ fn grace_period_covers_job_time_plus_drain() -> Result<()> {
     let bridge = container(worker, "bridge")?;
     let drain = seconds(env(bridge, "SHUTDOWN_GRACE").context("SHUTDOWN_GRACE")?)?;
     let job_timeout = seconds(env(bridge, "JOB_TIMEOUT").context("JOB_TIMEOUT")?)?;
-    let pre_stop = container(worker, "worker")?
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.pre_stop.as_ref())
-        .and_then(|h| h.sleep.as_ref())
-        .map(|s| Duration::from_secs(s.seconds as u64))
+    let pre_stop = pre_stop_sleep(container(worker, "worker")?)
         .context("the Wasm container has a preStop sleep")?;
     let app: toml::Value = toml::from_str(&std::fs::read_to_string(format!(
         "{ROOT}/components/worker/spin.toml"
@@ -1192,5 +1274,183 @@ fn ha_budget_monitor_and_policies_select_the_operators_pods() -> Result<()> {
         "the operator reaches the management API: {management:?}"
     );
     assert!(in_namespace(&management).is_empty(), "{management:?}");
+    Ok(())
+}
+
+/// Each Wasm container listens where its port says, on the shim's own
+/// variable (the other shim's is absent), and gets the environment its
+/// component's spin.toml gives it: from the image's spin.toml under the
+/// spin shim, from the container's env under the wasmtime shim.
+#[test]
+fn wasm_containers_listen_on_their_port_with_their_components_environment() -> Result<()> {
+    for (dir, class, listen, other) in [
+        (
+            SHIM_BUILDS[0],
+            "wasmtime-spin-v2",
+            "SPIN_HTTP_LISTEN_ADDR",
+            "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
+        ),
+        (
+            SHIM_BUILDS[1],
+            "wasmtime",
+            "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
+            "SPIN_HTTP_LISTEN_ADDR",
+        ),
+    ] {
+        let objects = build(dir)?;
+        let templates = templates(&objects)?;
+        for (workload, name) in WASM_CONTAINERS {
+            let template = &templates[workload];
+            assert_eq!(
+                template
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.runtime_class_name.as_deref()),
+                Some(class),
+                "{dir}: {workload}"
+            );
+            let wasm = container(template, name)?;
+            let addr: std::net::SocketAddr = env(wasm, listen)
+                .with_context(|| format!("{dir}: {name} sets {listen}"))?
+                .parse()?;
+            let port = wasm.ports.iter().flatten().map(|p| p.container_port).next();
+            assert_eq!(Some(i32::from(addr.port())), port, "{dir}: {name}");
+            assert!(addr.port() >= 1024, "{dir}: {name}: no privileged port");
+            assert_eq!(
+                env(wasm, other),
+                None,
+                "{dir}: {name}: {other} is the other shim's"
+            );
+            let own: BTreeMap<String, String> = wasm
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name != listen)
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect();
+            let expected = if class == "wasmtime" {
+                spin_environment(name)?
+            } else {
+                BTreeMap::new()
+            };
+            assert_eq!(own, expected, "{dir}: {name}'s environment");
+        }
+    }
+    Ok(())
+}
+
+/// The wasmtime variant is the default app with exactly the differences
+/// runtime-class/README.md lists, and nothing else: runtime class, command,
+/// listen variable, the component's environment, and the Wasm artifact
+/// images. Everything else (the HPA and image pins the overlay repeats
+/// included) must be identical.
+#[test]
+fn the_wasmtime_variant_differs_only_where_the_shim_needs_it() -> Result<()> {
+    let by_id = |objects: Vec<DynamicObject>| -> Result<BTreeMap<(String, String), Value>> {
+        objects
+            .into_iter()
+            .map(|o| {
+                Ok((
+                    (kind(&o).to_owned(), name(&o).to_owned()),
+                    serde_json::to_value(&o)?,
+                ))
+            })
+            .collect()
+    };
+    let mut expected = by_id(build(SHIM_BUILDS[0])?)?;
+    let actual = by_id(build(SHIM_BUILDS[1])?)?;
+    for (workload, component) in WASM_CONTAINERS {
+        let pod = expected
+            .get_mut(&("Deployment".to_owned(), workload.to_owned()))
+            .context(workload)?
+            .pointer_mut("/spec/template/spec")
+            .context("pod spec")?;
+        pod["runtimeClassName"] = "wasmtime".into();
+        let wasm = pod["containers"]
+            .as_array_mut()
+            .and_then(|cs| cs.iter_mut().find(|c| c["name"] == component))
+            .context(component)?;
+        wasm["command"] = serde_json::json!([format!("/{component}.wasm")]);
+        let image = wasm["image"].as_str().context("image")?;
+        let (repository, tag) = image.rsplit_once(':').context("a tagged image")?;
+        wasm["image"] = format!("{repository}-wasm:{tag}").into();
+        let mut env = vec![serde_json::json!({
+            "name": "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
+            "value": wasm["env"][0]["value"].clone(),
+        })];
+        for (name, value) in spin_environment(component)? {
+            env.push(serde_json::json!({ "name": name, "value": value }));
+        }
+        wasm["env"] = env.into();
+    }
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        actual.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (id, object) in &expected {
+        let mut got = actual[id].clone();
+        // Env order is not meaning: compare env lists as sets by name.
+        let sort_env = |v: &mut Value| {
+            if let Some(containers) = v
+                .pointer_mut("/spec/template/spec/containers")
+                .and_then(Value::as_array_mut)
+            {
+                for c in containers {
+                    if let Some(env) = c["env"].as_array_mut() {
+                        env.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                    }
+                }
+            }
+        };
+        let mut want = object.clone();
+        sort_env(&mut want);
+        sort_env(&mut got);
+        assert_eq!(
+            got, want,
+            "{}/{} differs beyond the shim's needs",
+            id.0, id.1
+        );
+    }
+    Ok(())
+}
+
+/// The pods run with a read-only root, and the spin shim writes /.cache and
+/// /.spin at every start: each Wasm container on it has a writable
+/// emptyDir at both.
+#[test]
+fn spin_shim_containers_have_writable_cache_and_state_under_a_read_only_root() -> Result<()> {
+    let objects = build(SHIM_BUILDS[0])?;
+    let templates = templates(&objects)?;
+    for (workload, name) in WASM_CONTAINERS {
+        let template = &templates[workload];
+        let wasm = container(template, name)?;
+        assert_eq!(
+            wasm.security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(true),
+            "{name}"
+        );
+        let volumes = template
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        for path in ["/.cache", "/.spin"] {
+            let mount = wasm
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == path)
+                .with_context(|| format!("{name}: nothing mounted at {path}"))?;
+            assert_ne!(mount.read_only, Some(true), "{name}: {path} is writable");
+            let volume = volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .with_context(|| format!("{name}: no volume {}", mount.name))?;
+            assert!(volume.empty_dir.is_some(), "{name}: {path} is an emptyDir");
+        }
+    }
     Ok(())
 }
