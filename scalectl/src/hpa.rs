@@ -175,9 +175,16 @@ impl Spec {
 
 /// The replica count the metric asks for (`GetExternalPerPodMetricReplicas`):
 /// `ceil(metric / target)`, unless within the tolerance of the current count.
+///
+/// Within is inclusive, as upstream has it since 1.33
+/// (pkg/controller/podautoscaler/replica_calculator.go, `Tolerances.isWithin`:
+/// `1 - down <= ratio && ratio <= 1 + up`): a ratio of exactly 1.1 or 0.9
+/// changes nothing. Before 1.33 it was `|1 - ratio| > tolerance` to act,
+/// which in floating point also acted at exactly 1.1.
 pub fn metric_replicas(metric: f64, target: f64, status_replicas: i32) -> i32 {
     let ratio = metric / (target * f64::from(status_replicas));
-    if (1.0 - ratio).abs() > TOLERANCE {
+    let within = (1.0 - TOLERANCE) <= ratio && ratio <= (1.0 + TOLERANCE);
+    if !within {
         (metric / target).ceil() as i32
     } else {
         status_replicas
@@ -330,9 +337,12 @@ mod tests {
     fn tolerance_edge() {
         // 4 pods, target 5: 21.9 is a ratio of 1.095, inside the tolerance.
         assert_eq!(metric_replicas(21.9, 5.0, 4), 4);
-        // Exactly 1.1 is outside, as upstream computes it in floating point:
-        // |1 - 22/20| = 0.10000000000000009 > 0.1.
-        assert_eq!(metric_replicas(22.0, 5.0, 4), 5);
+        // Exactly 1.1 is inside since 1.33 (isWithin is inclusive): 4 pods
+        // and 22 messages stay at 4, as do 2 pods and 11.
+        assert_eq!(metric_replicas(22.0, 5.0, 4), 4);
+        assert_eq!(metric_replicas(11.0, 5.0, 2), 2);
+        // Exactly 0.9 too: 18 messages on 4 pods.
+        assert_eq!(metric_replicas(18.0, 5.0, 4), 4);
         // 22.5 is a ratio of 1.125: outside, ceil(22.5 / 5) = 5.
         assert_eq!(metric_replicas(22.5, 5.0, 4), 5);
         // Below: 17.5 is 0.875, outside: ceil(3.5) = 4... which is current.
