@@ -183,7 +183,7 @@ impl Spec {
 /// which in floating point also acted at exactly 1.1.
 pub fn metric_replicas(metric: f64, target: f64, status_replicas: i32) -> i32 {
     let ratio = metric / (target * f64::from(status_replicas));
-    let within = (1.0 - TOLERANCE) <= ratio && ratio <= (1.0 + TOLERANCE);
+    let within = ((1.0 - TOLERANCE)..=(1.0 + TOLERANCE)).contains(&ratio);
     if !within {
         (metric / target).ceil() as i32
     } else {
