@@ -14,9 +14,13 @@
 //! the broker's verdict arrives or the connection dies, even after its
 //! caller got `504`. A late verdict is counted, never silently applied.
 //!
-//! `POST /v1/observe` takes the producer's report of each answer it gave, for
-//! the producer's request and response counters. The connection and the
-//! confirm channel belong to `broker`.
+//! The producer's request and response counters are kept here too, with no
+//! extra call for most answers: a publish that carries `observe-request:
+//! <METHOD> <route>` is counted as that producer request, answered with the
+//! bridge's own verdict (`202`, `503`, `504`), which the producer passes
+//! through unchanged. `POST /v1/observe` takes the producer's report of the
+//! answers the bridge never gave: bad input, a bridge that did not answer.
+//! The connection and the confirm channel belong to `broker`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -44,6 +48,10 @@ use crate::server::{ApiError, discard_body, read_json_body};
 /// only if its whole confirm wait fits before then, so that a caller that
 /// gave up is never followed by a job queued behind its back.
 pub const DEADLINE_HEADER: &str = "publish-deadline";
+
+/// The header in which the producer asks the bridge to count this publish
+/// as its request `<METHOD> <route>`, answered with the bridge's verdict.
+pub const OBSERVE_HEADER: &str = "observe-request";
 
 /// Time kept back from a deadline for writing the answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
@@ -386,11 +394,20 @@ async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let observed = observed_request(&headers);
+    // A bad request (the outer Err) is not counted here: the producer turns
+    // it into its own 502 and reports that itself.
     let result = publish_request(&api, &headers, body).await?;
     let outcome = result
         .as_ref()
         .map_or_else(|(_, e)| e.outcome(), |_| PublishOutcome::Confirmed);
     api.metrics.publish_done(&api.queue, outcome, started);
+    if let Some((method, route)) = observed {
+        let status = result
+            .as_ref()
+            .map_or_else(|(_, e)| e.status(), |_| StatusCode::ACCEPTED);
+        count_producer_answer(&api.metrics, route, method, status.as_u16());
+    }
     match result {
         Ok(id) => {
             debug!(id = ?id, "published");
@@ -462,12 +479,32 @@ struct Observation {
 const ROUTES: &[&str] = &["/generate"];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
-fn closed_label<'a>(value: &'a str, allowed: &[&'static str]) -> &'a str {
-    if allowed.contains(&value) {
-        value
-    } else {
-        "other"
-    }
+fn closed_label(value: &str, allowed: &[&'static str]) -> &'static str {
+    allowed
+        .iter()
+        .find(|a| **a == value)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The producer request a publish stands for (`observe-request`), as
+/// closed label values: (method, route).
+fn observed_request(headers: &HeaderMap) -> Option<(&'static str, &'static str)> {
+    let value = headers.get(OBSERVE_HEADER)?.to_str().ok()?;
+    let (method, route) = value.split_once(' ')?;
+    Some((closed_label(method, METHODS), closed_label(route, ROUTES)))
+}
+
+/// One producer request and the status it was answered with.
+fn count_producer_answer(metrics: &Metrics, route: &str, method: &str, status: u16) {
+    metrics
+        .producer_requests
+        .with_label_values(&[route, method])
+        .inc();
+    metrics
+        .producer_responses
+        .with_label_values(&[route, &status.to_string()])
+        .inc();
 }
 
 async fn observe(
@@ -492,14 +529,7 @@ async fn observe(
     }
     let route = closed_label(&observation.route, ROUTES);
     let method = closed_label(&observation.method, METHODS);
-    api.metrics
-        .producer_requests
-        .with_label_values(&[route, method])
-        .inc();
-    api.metrics
-        .producer_responses
-        .with_label_values(&[route, &observation.status.to_string()])
-        .inc();
+    count_producer_answer(&api.metrics, route, method, observation.status);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -512,6 +542,18 @@ mod tests {
         assert_eq!(closed_label("/generate", ROUTES), "/generate");
         assert_eq!(closed_label("/etc/passwd", ROUTES), "other");
         assert_eq!(closed_label("BREW", METHODS), "other");
+    }
+
+    #[test]
+    fn the_observed_request_header_is_read_into_closed_labels() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(observed_request(&headers), None);
+        headers.insert(OBSERVE_HEADER, "POST /generate".parse().unwrap());
+        assert_eq!(observed_request(&headers), Some(("POST", "/generate")));
+        headers.insert(OBSERVE_HEADER, "BREW /x".parse().unwrap());
+        assert_eq!(observed_request(&headers), Some(("other", "other")));
+        headers.insert(OBSERVE_HEADER, "GET".parse().unwrap());
+        assert_eq!(observed_request(&headers), None);
     }
 
     #[test]

@@ -24,10 +24,11 @@ use spin_sdk::http_component;
 const PUBLISH_URL_ENV: &str = "BRIDGE_PUBLISH_URL";
 /// host-bridge's default publish address (`--publish-addr`).
 const DEFAULT_PUBLISH_URL: &str = "http://127.0.0.1:9091/v1/publish";
-/// Where the producer reports each answer it gave, so that the bridge can
-/// count requests per route and responses per status (the component has no
-/// metrics endpoint of its own). Set like `BRIDGE_PUBLISH_URL`; `off` turns
-/// the reports (and the producer metrics) off.
+/// Where the producer reports the answers the bridge did not give, so that
+/// the bridge can count requests per route and responses per status (the
+/// component has no metrics endpoint of its own). The bridge counts the
+/// others as it publishes (`OBSERVE_HEADER`): one outbound call per job. Set
+/// like `BRIDGE_PUBLISH_URL`; `off` turns both (and the producer metrics) off.
 const OBSERVE_URL_ENV: &str = "BRIDGE_OBSERVE_URL";
 /// host-bridge's default observation endpoint, beside the publish endpoint.
 const DEFAULT_OBSERVE_URL: &str = "http://127.0.0.1:9091/v1/observe";
@@ -41,6 +42,10 @@ const BRIDGE_TIMEOUT_ENV: &str = "BRIDGE_TIMEOUT_MS";
 const DEFAULT_BRIDGE_TIMEOUT_MS: u64 = 7_000;
 /// The header carrying that deadline (host-bridge's `publish::DEADLINE_HEADER`).
 const DEADLINE_HEADER: &str = "publish-deadline";
+/// The header asking the bridge to count the publish as this request,
+/// `<METHOD> <route>`, answered with its verdict (host-bridge's
+/// `publish::OBSERVE_HEADER`).
+const OBSERVE_HEADER: &str = "observe-request";
 /// The header in which a client may choose the job id, so that a retry after
 /// an ambiguous answer is recognisably the same job.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -59,6 +64,8 @@ struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    /// The bridge counted this answer when it gave it: no report to send.
+    counted_by_bridge: bool,
 }
 
 impl Answer {
@@ -67,7 +74,13 @@ impl Answer {
             status,
             headers: Vec::new(),
             body,
+            counted_by_bridge: false,
         }
+    }
+
+    fn counted_by(mut self, bridge: bool) -> Self {
+        self.counted_by_bridge = bridge;
+        self
     }
 
     fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
@@ -95,16 +108,21 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         return;
     }
     let route = route_label(&path);
-    let answer = answer(req, &method, &path).await;
+    let observe_url = observe_url();
+    let answer = answer(req, &method, &path, observe_url.is_some()).await;
     let status = answer.status;
+    let counted = answer.counted_by_bridge;
     respond(out, answer).await;
     // Report after the answer is complete, so the client never waits on
     // bookkeeping. Losing a report loses a count, never a job.
-    observe(route, &method, status).await;
+    if let (Some(url), false) = (observe_url, counted) {
+        observe(&url, route, &method, status).await;
+    }
 }
 
-/// Decides the answer to one request.
-async fn answer(req: IncomingRequest, method: &Method, path: &str) -> Answer {
+/// Decides the answer to one request. With `observed`, a publish asks the
+/// bridge to count it as this request.
+async fn answer(req: IncomingRequest, method: &Method, path: &str, observed: bool) -> Answer {
     if route_label(path) != GENERATE {
         return Answer::error(
             404,
@@ -137,7 +155,7 @@ async fn answer(req: IncomingRequest, method: &Method, path: &str) -> Answer {
         created_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         payload: generate.payload,
     };
-    publish(&job).await
+    publish(&job, observed.then(|| format!("{method} {GENERATE}"))).await
 }
 
 /// The job's id: the client's (from `Idempotency-Key` or the body's `id`,
@@ -181,8 +199,10 @@ async fn read_generate_request(req: IncomingRequest) -> Result<GenerateRequest, 
     Ok(job::parse_json(&body)?)
 }
 
-/// Hands the job to the bridge and turns its verdict into the client's answer.
-async fn publish(job: &Job) -> Answer {
+/// Hands the job to the bridge and turns its verdict into the client's
+/// answer. With `observed` (`<METHOD> <route>`), the bridge counts the
+/// request and its verdict, and the answer says so when it is that verdict.
+async fn publish(job: &Job, observed: Option<String>) -> Answer {
     let url = env_or(PUBLISH_URL_ENV, DEFAULT_PUBLISH_URL);
     let timeout = match bridge_timeout() {
         Ok(timeout) => timeout,
@@ -197,10 +217,15 @@ async fn publish(job: &Job) -> Answer {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    let request = Request::post(&url, body)
+    let mut request = Request::post(&url, body);
+    request
         .header("content-type", "application/json")
-        .header(DEADLINE_HEADER, deadline_ms.to_string())
-        .build();
+        .header(DEADLINE_HEADER, deadline_ms.to_string());
+    let counted = observed.is_some();
+    if let Some(observed) = observed {
+        request.header(OBSERVE_HEADER, observed);
+    }
+    let request = request.build();
     let unavailable = || {
         Answer::error(
             503,
@@ -225,7 +250,7 @@ async fn publish(job: &Job) -> Answer {
             return unavailable();
         }
     };
-    match *response.status() {
+    let verdict = match *response.status() {
         202 => Answer::json(202, serde_json::json!({ "id": job.id }).to_string()),
         // Not queued (503), or maybe queued (504 outcome_unknown): pass the
         // bridge's verdict and its retry hint through unchanged.
@@ -246,13 +271,15 @@ async fn publish(job: &Job) -> Answer {
                 "producer: the publish bridge answered {other}: {}",
                 String::from_utf8_lossy(response.body())
             );
-            Answer::error(
+            return Answer::error(
                 502,
                 "bad_gateway",
                 format!("the publish bridge answered {other}; the job was not queued"),
-            )
+            );
         }
-    }
+    };
+    // The bridge counted this answer as it gave it.
+    verdict.counted_by(counted)
 }
 
 /// Reads `BRIDGE_TIMEOUT_MS`, defaulting when unset.
@@ -322,16 +349,17 @@ async fn respond(out: ResponseOutparam, answer: Answer) {
     }
 }
 
+/// Where to report answers, or `None` when the producer metrics are off.
+fn observe_url() -> Option<String> {
+    Some(env_or(OBSERVE_URL_ENV, DEFAULT_OBSERVE_URL)).filter(|url| url != "off")
+}
+
 /// Tells the bridge which answer was given, for its request and response
-/// counters.
-async fn observe(route: &str, method: &Method, status: u16) {
-    let url = env_or(OBSERVE_URL_ENV, DEFAULT_OBSERVE_URL);
-    if url == "off" {
-        return;
-    }
+/// counters: for the answers it did not count itself.
+async fn observe(url: &str, route: &str, method: &Method, status: u16) {
     let body =
         serde_json::json!({ "route": route, "method": method.to_string(), "status": status });
-    let request = Request::post(&url, body.to_string())
+    let request = Request::post(url, body.to_string())
         .header("content-type", "application/json")
         .build();
     if let Err(e) = send::<_, Response>(request).await {
