@@ -417,3 +417,146 @@ async fn unknown_paths_get_a_json_404_under_wasmtime_serve() -> Result<()> {
     assert_eq!(post.status(), 404, "only GET /healthz is the probe");
     Ok(())
 }
+
+/// Under `wasmtime serve` with `make up`'s flags, which reuse an instance
+/// for many requests, each request is still answered as its own: ids never
+/// carry over, a refused request leaves nothing behind for the next, and
+/// every answer is counted once (the bridge counts the verdicts it gave,
+/// the producer reports the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_answers_each_request_as_its_own_under_instance_reuse() -> Result<()> {
+    assert!(
+        testkit::runtime::SERVE_FLAGS.contains(&"--max-instance-reuse-count"),
+        "this test is about instance reuse"
+    );
+    let queue = unique_queue("reuse");
+    let bridge = RunningBridge::start_ready(&["--roles", "publish", "--queue", &queue]).await?;
+    let producer = testkit::runtime::WasmtimeServe::start(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
+        ],
+    )
+    .await?;
+    // One keep-alive connection, one request at a time: the runtime hands
+    // them to the same instance until its reuse count runs out.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    let url = producer.url("/generate");
+    let json = |body: String| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let mut accepted = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<(&str, u16), f64>::new();
+    let mut methods = std::collections::BTreeMap::<(&str, &str), f64>::new();
+    for round in 0..4 {
+        let chosen = format!("reuse-{queue}-{round}");
+        let keyed = format!("key-{queue}-{round}");
+        let cases: Vec<(&str, &str, reqwest::RequestBuilder, u16, Option<String>)> = vec![
+            (
+                "/generate",
+                "POST",
+                json(format!(r#"{{"id":"{chosen}"}}"#)),
+                202,
+                Some(chosen.clone()),
+            ),
+            ("/generate", "POST", json("{".into()), 400, None),
+            ("/generate", "GET", client.get(&url), 202, None),
+            (
+                "/generate",
+                "POST",
+                json(r#"{"id":"other"}"#.into()).header("idempotency-key", &keyed),
+                400,
+                None,
+            ),
+            (
+                "/generate",
+                "POST",
+                json("{}".into()).header("idempotency-key", &keyed),
+                202,
+                Some(keyed.clone()),
+            ),
+            ("/generate", "PUT", client.put(&url), 405, None),
+            (
+                "/generate",
+                "POST",
+                json(format!(r#"{{"payload":"{}"}}"#, "x".repeat(70_000))),
+                413,
+                None,
+            ),
+            ("other", "GET", client.get(producer.url("/nope")), 404, None),
+        ];
+        for (route, method, request, want, want_id) in cases {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await?;
+            assert_eq!(status, want, "round {round}, {method} {route}: {body}");
+            *statuses.entry((route, status)).or_default() += 1.0;
+            *methods.entry((route, method)).or_default() += 1.0;
+            if status != 202 {
+                assert!(body["error"].is_string(), "a JSON error: {body}");
+                continue;
+            }
+            let id = body["id"].as_str().unwrap_or_default().to_owned();
+            if let Some(want_id) = want_id {
+                assert_eq!(id, want_id, "round {round}");
+            }
+            assert!(!accepted.contains(&id), "{id} was answered twice");
+            accepted.push(id);
+        }
+    }
+    // Exactly the accepted jobs are queued, in order.
+    let inspector = Inspector::connect().await?;
+    assert_eq!(inspector.drain_ids(&queue).await?, accepted);
+
+    // Every answer counted once, however it was counted.
+    let total: f64 = statuses.values().sum();
+    let counted = || async {
+        let mut sum = 0.0;
+        for (route, status) in statuses.keys() {
+            sum += bridge
+                .metric(
+                    "host_bridge_producer_responses_total",
+                    &[("route", route), ("status", &status.to_string())],
+                )
+                .await;
+        }
+        sum
+    };
+    testkit::eventually("every answer counted", Duration::from_secs(10), || async {
+        (counted().await >= total).then_some(())
+    })
+    .await;
+    for ((route, status), n) in &statuses {
+        assert_eq!(
+            bridge
+                .metric(
+                    "host_bridge_producer_responses_total",
+                    &[("route", route), ("status", &status.to_string())]
+                )
+                .await,
+            *n,
+            "{route} {status}"
+        );
+    }
+    for ((route, method), n) in &methods {
+        assert_eq!(
+            bridge
+                .metric(
+                    "host_bridge_producer_requests_total",
+                    &[("route", route), ("method", method)]
+                )
+                .await,
+            *n,
+            "{route} {method}"
+        );
+    }
+    inspector.delete_topology(&queue).await?;
+    bridge.stop().await;
+    Ok(())
+}

@@ -22,6 +22,8 @@ pub const SERVE_FLAGS: &[&str] = &[
     "256",
     "--max-concurrent-connections",
     "1024",
+    "--max-instance-reuse-count",
+    "128",
 ];
 
 /// wasmtime-cli: `WASMTIME` (which `make test` sets to the one `make
@@ -88,6 +90,11 @@ impl WasmtimeServe {
             () = listening => Ok(Self { child, port }),
             exited = child.wait() => bail!("wasmtime serve exited at start: {exited:?}"),
         }
+    }
+
+    /// The `wasmtime serve` process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The URL of `path` on it.
