@@ -192,3 +192,123 @@ fn compile_times(name: &str, runs: usize) -> Result<Vec<Duration>> {
     }
     Ok(times)
 }
+
+/// Linux reports process CPU time in USER_HZ ticks, fixed at 100 per second
+/// in its ABI (whatever the kernel's own HZ).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user + system, all threads) a process has used so far, s.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("a short /proc stat line")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
+/// The process listening on TCP `port` on this machine (the broker, for the
+/// benchmarks): the owner of the listening socket's inode.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            let listening = f.get(3) == Some(&"0A");
+            let on_port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening && on_port {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// CPU per operation, by process, over one measured run.
+#[derive(Debug, Clone, Default)]
+pub struct CpuMeter {
+    processes: Vec<(&'static str, u32)>,
+}
+
+impl CpuMeter {
+    /// Meters these processes (name, pid); those not found are left out.
+    pub fn new(processes: impl IntoIterator<Item = (&'static str, Option<u32>)>) -> Self {
+        Self {
+            processes: processes
+                .into_iter()
+                .filter_map(|(name, pid)| pid.map(|p| (name, p)))
+                .collect(),
+        }
+    }
+
+    /// Each process's CPU so far, s.
+    pub fn read(&self) -> Result<Vec<f64>> {
+        self.processes
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
+            .collect()
+    }
+
+    /// Milliseconds of CPU per operation, by process, since `before`.
+    pub fn per_op(&self, before: &[f64], ops: usize) -> Result<Vec<(&'static str, f64)>> {
+        let after = self.read()?;
+        Ok(self
+            .processes
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|((name, _), (b, a))| (*name, (a - b) * 1e3 / ops.max(1) as f64))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_uses_cpu_and_a_listener_is_found() {
+        let me = std::process::id();
+        let before = cpu_seconds(me).unwrap();
+        let mut x = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_seconds(me).unwrap() - before >= 0.1, "{x}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listener_pid(port), Some(me));
+    }
+}

@@ -21,6 +21,7 @@ use serde_json::json;
 use testkit::amqp::TestQueue;
 use testkit::process::BridgeProcess;
 
+use crate::cost::CpuMeter;
 use crate::load::MakeRequest;
 use crate::raw::Raw;
 use crate::stats::{Run, histogram_quantile, median_spread};
@@ -62,6 +63,14 @@ impl Served {
             Served::InProcess(c) => c.url(path),
         }
     }
+
+    /// The runtime's process; `None` in-process (its CPU is the bench's).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Served::Process(p) => p.pid(),
+            Served::InProcess(_) => None,
+        }
+    }
 }
 
 async fn serve(options: &Options, name: &str, env: &[(&str, &str)]) -> Result<Served> {
@@ -85,6 +94,8 @@ pub struct Row {
     pub p50: Vec<f64>,
     /// p99 per run, ms.
     pub p99: Vec<f64>,
+    /// CPU per request by process, ms, per run (publish path only).
+    pub cpu: Vec<Vec<(&'static str, f64)>>,
 }
 
 impl Row {
@@ -95,6 +106,7 @@ impl Row {
             rates: vec![],
             p50: vec![],
             p99: vec![],
+            cpu: vec![],
         }
     }
 
@@ -107,6 +119,30 @@ impl Row {
     /// Median throughput.
     pub fn rate(&self) -> f64 {
         median_spread(&self.rates).0
+    }
+
+    /// The median CPU per request across runs, ms: the total over the
+    /// metered processes and each one's share. `None` when not metered.
+    pub fn cpu(&self) -> Option<(f64, Vec<(&'static str, f64)>)> {
+        let first = self.cpu.first().filter(|parts| !parts.is_empty())?;
+        let totals: Vec<f64> = self
+            .cpu
+            .iter()
+            .map(|r| r.iter().map(|p| p.1).sum())
+            .collect();
+        let parts = first
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let of_runs: Vec<f64> = self
+                    .cpu
+                    .iter()
+                    .filter_map(|r| r.get(i).map(|p| p.1))
+                    .collect();
+                (*name, median_spread(&of_runs).0)
+            })
+            .collect();
+        Some((median_spread(&totals).0, parts))
     }
 }
 
@@ -165,14 +201,28 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
         ],
     )
     .await?;
+    let pid = bridge.pid().context("bridge pid")?;
+    let broker = amqp_port(&options.amqp_url).and_then(cost::listener_pid);
     let cases = PublishCases {
         generate: get(producer.url("/generate")),
         generate_quiet: get(quiet.url("/generate")),
         direct: post_job(publish_url),
+        meters: [
+            CpuMeter::new([
+                ("wasm", producer.pid()),
+                ("bridge", Some(pid)),
+                ("broker", broker),
+            ]),
+            CpuMeter::new([
+                ("wasm", quiet.pid()),
+                ("bridge", Some(pid)),
+                ("broker", broker),
+            ]),
+            CpuMeter::new([("bridge", Some(pid)), ("broker", broker)]),
+        ],
         raw: Raw::connect(&options.amqp_url).await?,
         queue: queue.to_string(),
     };
-    let pid = bridge.pid().context("bridge pid")?;
     let mut rss = cost::Rss {
         idle_kib: cost::rss_kib(pid)?,
         peak_kib: 0,
@@ -183,6 +233,12 @@ async fn publish_path(options: &Options) -> Result<(Vec<Row>, cost::Rss)> {
     }
     bridge.sigterm()?;
     Ok((rows, rss))
+}
+
+/// The broker's port in an AMQP URL (5672 when not given).
+fn amqp_port(url: &str) -> Option<u16> {
+    let url = reqwest::Url::parse(url).ok()?;
+    Some(url.port().unwrap_or(5672))
 }
 
 /// `GET url`, for every request.
@@ -207,6 +263,8 @@ struct PublishCases {
     generate: MakeRequest,
     generate_quiet: MakeRequest,
     direct: MakeRequest,
+    /// CPU meters for the three HTTP cases, in their order.
+    meters: [CpuMeter; 3],
     raw: Raw,
     queue: String,
 }
@@ -239,8 +297,14 @@ impl PublishCases {
         for _ in 0..options.runs {
             // Interleaved, so that drift affects the three cases alike.
             let sampler = cost::sample_rss(bridge_pid);
-            for (row, make) in [&mut a, &mut a_quiet, &mut b].into_iter().zip(http) {
+            for ((row, make), meter) in [&mut a, &mut a_quiet, &mut b]
+                .into_iter()
+                .zip(http)
+                .zip(&self.meters)
+            {
+                let before = meter.read()?;
                 row.add(&load::closed_loop(options.count, concurrency, make.clone()).await?);
+                row.cpu.push(meter.per_op(&before, options.count)?);
             }
             rss.peak_kib = rss.peak_kib.max(sampler.stop().await);
             // The broker's limit: as deep a pipeline as a good client keeps,
@@ -432,7 +496,9 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
          the tables give the median and, in brackets, the spread (min–max) across runs. \
          Publish-path latencies are per request (client send to answer); consume-path p50/p99 are the bridge's \
          `host_bridge_job_duration_seconds` (delivery → worker answer → ack) over the run, interpolated within \
-         histogram buckets as `histogram_quantile` does; for raw lapin, the gap between consecutive deliveries.\n",
+         histogram buckets as `histogram_quantile` does; for raw lapin, the gap between consecutive deliveries. \
+         CPU ms/req is user + system time over the run, from /proc, of the `wasmtime serve` process, the bridge and \
+         the broker (the load generator, in this process, is not counted), divided by the requests.\n",
         options.count, options.runs
     );
     out += &table("1. Publish path", "req/s", "concurrency", &results.publish);
@@ -452,15 +518,23 @@ pub fn report(results: &Results, options: &Options, machine: &str) -> String {
 /// A results table: per row, the median rate with its spread, p50 and p99.
 fn table(title: &str, unit: &str, level: &str, rows: &[Row]) -> String {
     let mut out = format!(
-        "## {title}\n\n| case | {level} | {unit} | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|\n"
+        "## {title}\n\n| case | {level} | {unit} | p50 ms | p99 ms | CPU ms/req |\n|---|---:|---:|---:|---:|---|\n"
     );
     for r in rows {
         let (rate, lo, hi) = median_spread(&r.rates);
         let (p50, ..) = median_spread(&r.p50);
         let (p99, p99lo, p99hi) = median_spread(&r.p99);
+        let cpu = r.cpu().map_or_else(
+            || "–".to_owned(),
+            |(total, parts)| {
+                let parts: Vec<String> =
+                    parts.iter().map(|(n, ms)| format!("{n} {ms:.3}")).collect();
+                format!("{total:.3} ({})", parts.join(", "))
+            },
+        );
         let _ = writeln!(
             out,
-            "| {} | {} | {rate:.0} ({lo:.0}–{hi:.0}) | {p50:.2} | {p99:.2} ({p99lo:.2}–{p99hi:.2}) |",
+            "| {} | {} | {rate:.0} ({lo:.0}–{hi:.0}) | {p50:.2} | {p99:.2} ({p99lo:.2}–{p99hi:.2}) | {cpu} |",
             r.case, r.level
         );
     }
