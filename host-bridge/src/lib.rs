@@ -35,6 +35,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::broker::SessionWatch;
+
 pub use config::{Config, ConfigError, Role};
 pub use metrics::Metrics;
 
@@ -160,10 +162,6 @@ impl Bridge {
         let stop = CancellationToken::new();
         let close = CancellationToken::new();
         let admin_stop = CancellationToken::new();
-        let serve = |what: &'static str, listener, router| {
-            let served = server::serve(listener, router, limits, stop.clone().cancelled_owned());
-            (what, tokio::spawn(served))
-        };
 
         let sessions = broker.sessions();
         let broker_task = tokio::spawn(broker.run(close.clone()));
@@ -174,32 +172,21 @@ impl Bridge {
             metrics.clone(),
             stop.clone(),
         ));
-        let mut consuming = None;
-        let consume_task = worker_client.map(|client| {
-            let role =
-                consume::ConsumeRole::new(&config, client, sessions.clone(), metrics.clone());
-            consuming = Some(role.status());
-            tokio::spawn(role.run(stop.clone()))
-        });
-        let mut servers = Vec::new();
-        let mut publishing = None;
-        if let Some(listener) = publish_listener {
-            let api = Arc::new(publish::PublishApi::new(
-                &config,
-                sessions.clone(),
-                metrics.clone(),
-            ));
-            publishing = Some(api.clone());
-            servers.push(serve("publish API", listener, api.router()));
-        }
-        let mut fronting = None;
-        if let Some((listener, role)) = ingress {
-            let role = Arc::new(role);
-            fronting = Some(role.clone());
-            servers.push(serve("ingress", listener, role.router()));
-        }
-        let readiness = admin::Readiness::new(sessions, publishing, consuming, stop.clone())
-            .with_ingress(fronting);
+        let roles = StartedRoles::start(
+            &config,
+            RoleInputs {
+                publish_listener,
+                ingress,
+                worker_client,
+            },
+            &sessions,
+            &metrics,
+            limits,
+            &stop,
+        );
+        let readiness =
+            admin::Readiness::new(sessions, roles.publishing, roles.consuming, stop.clone())
+                .with_ingress(roles.fronting);
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
             admin::router(metrics, readiness),
@@ -215,12 +202,78 @@ impl Bridge {
             stop,
             close,
             admin_stop,
-            servers,
-            consume_task,
+            servers: roles.servers,
+            consume_task: roles.consume_task,
             depth_task,
             broker_task,
             admin_task,
         }
+    }
+}
+
+/// What the roles start from: their listeners and the push client, each
+/// present only when its role is on.
+struct RoleInputs {
+    publish_listener: Option<TcpListener>,
+    ingress: Option<(TcpListener, ingress::Ingress)>,
+    worker_client: Option<reqwest::Client>,
+}
+
+/// The enabled roles, running: their tasks, and what readiness asks of each.
+struct StartedRoles {
+    servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
+    consume_task: Option<JoinHandle<()>>,
+    publishing: Option<Arc<publish::PublishApi>>,
+    consuming: Option<consume::ConsumeStatus>,
+    fronting: Option<Arc<ingress::Ingress>>,
+}
+
+impl StartedRoles {
+    /// Spawns the consume role and the publish and ingress servers; all of
+    /// them stop taking work when `stop` is cancelled.
+    fn start(
+        config: &Config,
+        inputs: RoleInputs,
+        sessions: &SessionWatch,
+        metrics: &Metrics,
+        limits: server::ServeLimits,
+        stop: &CancellationToken,
+    ) -> Self {
+        let serve = |what: &'static str, listener, router| {
+            let served = server::serve(listener, router, limits, stop.clone().cancelled_owned());
+            (what, tokio::spawn(served))
+        };
+        let mut roles = StartedRoles {
+            servers: Vec::new(),
+            consume_task: None,
+            publishing: None,
+            consuming: None,
+            fronting: None,
+        };
+        if let Some(client) = inputs.worker_client {
+            let role = consume::ConsumeRole::new(config, client, sessions.clone(), metrics.clone());
+            roles.consuming = Some(role.status());
+            roles.consume_task = Some(tokio::spawn(role.run(stop.clone())));
+        }
+        if let Some(listener) = inputs.publish_listener {
+            let api = Arc::new(publish::PublishApi::new(
+                config,
+                sessions.clone(),
+                metrics.clone(),
+            ));
+            roles.publishing = Some(api.clone());
+            roles
+                .servers
+                .push(serve("publish API", listener, api.router()));
+        }
+        if let Some((listener, role)) = inputs.ingress {
+            let role = Arc::new(role);
+            roles.fronting = Some(role.clone());
+            roles
+                .servers
+                .push(serve("ingress", listener, role.router()));
+        }
+        roles
     }
 }
 
