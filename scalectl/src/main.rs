@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scalectl::plan::{Scenario, csv, plan};
+use scalectl::plan::{Phases, Scenario, csv, over_phases, plan};
 
 #[derive(Parser)]
 #[command(
@@ -127,6 +127,14 @@ struct PlanArgs {
     /// Prometheus's scrape interval, seconds.
     #[arg(long, default_value_t = 15.0)]
     scrape_interval: f64,
+    /// When the stats refresh, the scrape and the HPA sync first tick,
+    /// seconds: `stats,scrape,sync`. The table and chart use these; the
+    /// drain spread sweeps them all.
+    #[arg(long, default_value = "0,0,0")]
+    phase: Phases,
+    /// Phases per clock in the drain spread (steps³ plans).
+    #[arg(long, default_value_t = 5)]
+    phase_steps: usize,
     /// Write the per-sync table here (CSV).
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -152,9 +160,29 @@ fn main() -> anyhow::Result<()> {
                 pod_start: args.pod_start,
                 stats_interval: args.stats_interval,
                 scrape_interval: args.scrape_interval,
+                phases: args.phase,
                 ..Scenario::default()
             };
             let result = plan(&spec, &scenario);
+            println!(
+                "assumptions: {} jobs at {} s, {} jobs/s for {} s; {} s per job, {} per pod at once; \
+                 pods take work {} s after scale-up; stats every {} s, scrape every {} s, sync every {} s \
+                 (phases {}); HPA averageValue {}, min {}, max {}\n",
+                scenario.burst,
+                scenario.burst_at,
+                scenario.rate,
+                scenario.rate_duration,
+                scenario.service_time,
+                scenario.concurrency,
+                scenario.pod_start,
+                scenario.stats_interval,
+                scenario.scrape_interval,
+                scalectl::hpa::SYNC_PERIOD,
+                scenario.phases,
+                spec.target,
+                spec.min,
+                spec.max
+            );
             println!(
                 "{:>7} {:>6} {:>8} {:>7} {:>9} {:>10}",
                 "t (s)", "ready", "unacked", "metric", "replicas", "ready pods"
@@ -174,6 +202,23 @@ fn main() -> anyhow::Result<()> {
                 spec.max,
                 result.lower_bound
             );
+            match over_phases(&spec, &scenario, args.phase_steps) {
+                Some(spread) => println!(
+                    "drain over {} clock phases: best {:.0} s (--phase {}), median {:.0} s, worst {:.0} s (--phase {}){}",
+                    spread.runs,
+                    spread.best.0,
+                    spread.best.1,
+                    spread.median,
+                    spread.worst.0,
+                    spread.worst.1,
+                    if spread.undrained > 0 {
+                        format!("; {} runs never drained", spread.undrained)
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => println!("drain over clock phases: no run drained within the horizon"),
+            }
             if let Some(path) = args.csv {
                 std::fs::write(&path, csv(&result))
                     .with_context(|| format!("writing {}", path.display()))?;

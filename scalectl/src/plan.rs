@@ -8,6 +8,11 @@
 //! metric reaches the controller through the real pipeline's lag: RabbitMQ
 //! refreshes queue stats every `stats_interval`, Prometheus scrapes every
 //! `scrape_interval`, and the controller (`hpa`) syncs every 15 s.
+//!
+//! On a real cluster those three clocks are independent, and their phase
+//! against each other and the burst moves the drain by tens of seconds.
+//! One plan fixes the phases (`Scenario::phases`); `over_phases` sweeps them
+//! and reports the best, median and worst drain.
 
 use crate::hpa::{Controller, SYNC_PERIOD, Spec};
 
@@ -19,7 +24,8 @@ pub struct Scenario {
     /// Jobs queued at once at `burst_at`.
     pub burst: u32,
     /// When the burst arrives, seconds. The default, 1 s, is just after a
-    /// sync, a scrape and a stats refresh: the pipeline's full lag.
+    /// sync, a scrape and a stats refresh when every clock's phase is 0:
+    /// one point of the spread `over_phases` measures, not its worst.
     pub burst_at: f64,
     /// Jobs per second arriving steadily.
     pub rate: f64,
@@ -39,6 +45,52 @@ pub struct Scenario {
     pub initial_replicas: i32,
     /// Give up after this many seconds.
     pub horizon: f64,
+    /// When each clock first ticks.
+    pub phases: Phases,
+}
+
+/// When each of the pipeline's clocks first ticks, seconds (each within its
+/// period; rounded to the simulation's 0.1 s step).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    /// RabbitMQ's stats refresh.
+    pub stats: f64,
+    /// Prometheus's scrape.
+    pub scrape: f64,
+    /// The controller's sync.
+    pub sync: f64,
+}
+
+impl std::fmt::Display for Phases {
+    /// As `--phase` takes it: `stats,scrape,sync`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{}", self.stats, self.scrape, self.sync)
+    }
+}
+
+impl std::str::FromStr for Phases {
+    type Err = String;
+
+    /// `stats,scrape,sync` in seconds, e.g. `2.5,7,13`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parts: Vec<f64> = text
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                format!("not three numbers: {text:?} (stats,scrape,sync, e.g. 2.5,7,13)")
+            })?;
+        match parts[..] {
+            [stats, scrape, sync] if parts.iter().all(|p| p.is_finite() && *p >= 0.0) => Ok(Self {
+                stats,
+                scrape,
+                sync,
+            }),
+            _ => Err(format!(
+                "want three phases, each zero or more: {text:?} (stats,scrape,sync)"
+            )),
+        }
+    }
 }
 
 impl Default for Scenario {
@@ -55,6 +107,7 @@ impl Default for Scenario {
             scrape_interval: 15.0,
             initial_replicas: 1,
             horizon: 3600.0,
+            phases: Phases::default(),
         }
     }
 }
@@ -118,10 +171,10 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         world.finish(t);
         world.assign(t);
         world.observe(t);
-        if every(t, 1.0) {
+        if every(t, 1.0, 0.0) {
             timeline.push(world.snapshot(t));
         }
-        if every(t, SYNC_PERIOD) {
+        if every(t, SYNC_PERIOD, scenario.phases.sync) {
             let desired = controller.sync(spec, t, world.scraped, world.replicas);
             if desired > world.replicas {
                 first_scale_up.get_or_insert(t - scenario.burst_at.min(t));
@@ -145,10 +198,12 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     }
 }
 
-/// Whether a clock with this period ticks at `t` (all clocks tick at 0).
-fn every(t: f64, period: f64) -> bool {
+/// Whether a clock with this period, first ticking at `phase`, ticks at `t`.
+fn every(t: f64, period: f64, phase: f64) -> bool {
+    let (t, phase) = ((t / STEP).round() as i64, (phase / STEP).round() as i64);
     period > 0.0
-        && ((t / STEP).round() as u64).is_multiple_of((period / STEP).round().max(1.0) as u64)
+        && t >= phase
+        && ((t - phase) as u64).is_multiple_of((period / STEP).round().max(1.0) as u64)
 }
 
 /// The simulated queue, pods and metric pipeline; `plan` advances it one
@@ -242,10 +297,14 @@ impl<'a> World<'a> {
 
     /// The metric pipeline: broker stats, then the scrape.
     fn observe(&mut self, t: f64) {
-        if every(t, self.scenario.stats_interval) {
+        if every(t, self.scenario.stats_interval, self.scenario.phases.stats) {
             self.stats = f64::from(self.ready + in_hand(&self.pods));
         }
-        if every(t, self.scenario.scrape_interval) {
+        if every(
+            t,
+            self.scenario.scrape_interval,
+            self.scenario.phases.scrape,
+        ) {
             self.scraped = self.stats;
         }
     }
@@ -308,6 +367,63 @@ fn remove(pods: &mut [Pod], count: usize) {
     }
 }
 
+/// The drain time across clock phases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spread {
+    /// Phase combinations simulated.
+    pub runs: usize,
+    /// The fastest drain, seconds, and the phases that gave it.
+    pub best: (f64, Phases),
+    /// The median drain, seconds.
+    pub median: f64,
+    /// The slowest drain, seconds, and the phases that gave it.
+    pub worst: (f64, Phases),
+    /// Runs that did not drain within the horizon.
+    pub undrained: usize,
+}
+
+/// Runs the scenario with every clock at `steps` evenly spaced phases
+/// within its period (`steps`³ plans), and summarizes the drain time.
+/// `None` when no run drained.
+pub fn over_phases(spec: &Spec, scenario: &Scenario, steps: usize) -> Option<Spread> {
+    let steps = steps.max(1);
+    let grid = |period: f64| -> Vec<f64> {
+        (0..steps)
+            .map(|i| ((period * i as f64 / steps as f64) / STEP).round() * STEP)
+            .collect()
+    };
+    let mut drains = Vec::new();
+    let mut undrained = 0;
+    for &stats in &grid(scenario.stats_interval) {
+        for &scrape in &grid(scenario.scrape_interval) {
+            for &sync in &grid(SYNC_PERIOD) {
+                let phases = Phases {
+                    stats,
+                    scrape,
+                    sync,
+                };
+                let run = Scenario {
+                    phases,
+                    ..scenario.clone()
+                };
+                match plan(spec, &run).drain_time {
+                    Some(drain) => drains.push((drain, phases)),
+                    None => undrained += 1,
+                }
+            }
+        }
+    }
+    drains.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (best, worst) = (*drains.first()?, *drains.last()?);
+    Some(Spread {
+        runs: drains.len() + undrained,
+        best,
+        median: drains[drains.len() / 2].0,
+        worst,
+        undrained,
+    })
+}
+
 /// The per-sync table as CSV.
 pub fn csv(plan: &Plan) -> String {
     let mut out = String::from("t_seconds,ready,unacked,metric,replicas,ready_pods\n");
@@ -357,6 +473,56 @@ mod tests {
         assert!(drain >= plan.lower_bound, "{drain}");
         // Everything done, then back to one worker.
         assert_eq!(plan.ticks.last().map(|t| t.replicas), Some(1));
+    }
+
+    #[test]
+    fn clock_phases_spread_the_drain_and_each_run_reproduces() {
+        let scenario = Scenario::default();
+        let spread = over_phases(&spec(20), &scenario, 5).expect("drains");
+        assert_eq!(spread.runs, 125);
+        assert_eq!(spread.undrained, 0);
+        let (best, median, worst) = (spread.best.0, spread.median, spread.worst.0);
+        assert!(best <= median && median <= worst, "{spread:?}");
+        // The phases matter: tens of seconds between best and worst.
+        assert!(worst - best >= 10.0, "{spread:?}");
+        // Nothing beats the physical bound, whatever the phases.
+        let plan_at = |phases| {
+            plan(
+                &spec(20),
+                &Scenario {
+                    phases,
+                    ..scenario.clone()
+                },
+            )
+        };
+        assert!(best >= plan_at(spread.best.1).lower_bound);
+        // `--phase` reproduces a run exactly.
+        assert_eq!(plan_at(spread.worst.1).drain_time, Some(worst));
+        assert_eq!(plan_at(spread.best.1).drain_time, Some(best));
+        let text = spread.worst.1.to_string();
+        assert_eq!(text.parse::<Phases>(), Ok(spread.worst.1));
+    }
+
+    #[test]
+    fn phases_parse_as_three_seconds() {
+        assert_eq!(
+            "2.5,7,13".parse::<Phases>(),
+            Ok(Phases {
+                stats: 2.5,
+                scrape: 7.0,
+                sync: 13.0
+            })
+        );
+        for bad in ["", "1,2", "1,2,3,4", "a,b,c", "-1,0,0", "inf,0,0"] {
+            assert!(bad.parse::<Phases>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_clock_with_a_phase_ticks_from_its_phase() {
+        assert!(every(0.0, 15.0, 0.0) && every(15.0, 15.0, 0.0));
+        assert!(!every(0.0, 15.0, 7.0) && every(7.0, 15.0, 7.0) && every(22.0, 15.0, 7.0));
+        assert!(!every(14.9, 15.0, 7.0));
     }
 
     #[test]
