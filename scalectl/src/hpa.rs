@@ -203,12 +203,20 @@ impl Controller {
     /// One sync at time `now` (seconds): the new replica count for a metric
     /// value, given the current (spec) replicas.
     pub fn sync(&mut self, spec: &Spec, now: f64, metric: f64, current: i32) -> i32 {
-        let desired = if current > spec.max {
+        // The order of horizontal.go's reconcileAutoscaler: a target scaled
+        // to 0 by hand while minReplicas is above 0 has autoscaling
+        // disabled (condition ScalingDisabled) and stays at 0; then the
+        // max and min clamps; only then the metric.
+        let desired = if current == 0 && spec.min != 0 {
+            0
+        } else if current > spec.max {
             spec.max
         } else if current < spec.min {
             spec.min
         } else {
-            let proposed = metric_replicas(metric, spec.target, current.max(1));
+            // At 0 replicas (minReplicas 0) the ratio is infinite, never
+            // within tolerance: ceil(metric / target), as upstream.
+            let proposed = metric_replicas(metric, spec.target, current);
             let stabilized = self.stabilize(spec, now, current, proposed);
             self.limit(spec, now, current, stabilized)
         };
@@ -349,6 +357,23 @@ mod tests {
         assert_eq!(metric_replicas(17.5, 5.0, 4), 4);
         assert_eq!(metric_replicas(17.0, 5.0, 4), 4);
         assert_eq!(metric_replicas(15.0, 5.0, 4), 3);
+    }
+
+    #[test]
+    fn zero_replicas_follow_upstream() {
+        // minReplicas 1 and a target scaled to 0: scaling is disabled,
+        // whatever the metric (horizontal.go: "ScalingDisabled").
+        let mut spec = spec(1, 20, 5.0, Rules::default_up(), Rules::default_down());
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&spec, 0.0, 500.0, 0), 0);
+        // minReplicas 0 (HPAScaleToZero): 5.4 against 5 is ceil(1.08) = 2,
+        // not "within tolerance of 1".
+        spec.min = 0;
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&spec, 0.0, 5.4, 0), 2);
+        // No messages at 0 stays at 0 (0 / 0 is NaN: not within, ceil 0).
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&spec, 0.0, 0.0, 0), 0);
     }
 
     #[test]
