@@ -153,9 +153,10 @@ impl Spec {
             .target
             .average_value
             .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no averageValue"))?
-            .0
-            .parse::<f64>()?;
+            .ok_or_else(|| anyhow::anyhow!("no averageValue"))?;
+        // A Kubernetes quantity: "5", "5000m" and "0.005k" are all 5.
+        let target = crate::watch::parse_quantity(&target.0)
+            .ok_or_else(|| anyhow::anyhow!("averageValue {:?} is not a quantity", target.0))?;
         let behavior = spec.behavior.as_ref();
         Ok(Self {
             min: spec.min_replicas.unwrap_or(1),
@@ -357,6 +358,33 @@ mod tests {
         assert_eq!(metric_replicas(17.5, 5.0, 4), 4);
         assert_eq!(metric_replicas(17.0, 5.0, 4), 4);
         assert_eq!(metric_replicas(15.0, 5.0, 4), 3);
+    }
+
+    #[test]
+    fn targets_are_read_as_quantities() {
+        let hpa = |value: &str| -> HorizontalPodAutoscaler {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": { "name": "w" },
+                "spec": {
+                    "scaleTargetRef": { "kind": "Deployment", "name": "w" },
+                    "maxReplicas": 20,
+                    "metrics": [{
+                        "type": "External",
+                        "external": {
+                            "metric": { "name": "m" },
+                            "target": { "type": "AverageValue", "averageValue": value }
+                        }
+                    }]
+                }
+            }))
+            .unwrap()
+        };
+        for value in ["5", "5000m", "0.005k"] {
+            assert_eq!(Spec::from_hpa(&hpa(value)).unwrap().target, 5.0, "{value}");
+        }
+        assert!(Spec::from_hpa(&hpa("five")).is_err());
     }
 
     #[test]
