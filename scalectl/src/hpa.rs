@@ -51,6 +51,10 @@ pub struct Rules {
     pub policies: Vec<Policy>,
     /// `selectPolicy`.
     pub select: Select,
+    /// `tolerance` (HPAConfigurableTolerance): how far the ratio may move
+    /// in this direction before the controller acts; the controller's 0.1
+    /// when unset.
+    pub tolerance: f64,
 }
 
 impl Rules {
@@ -70,6 +74,7 @@ impl Rules {
                 },
             ],
             select: Select::Max,
+            tolerance: TOLERANCE,
         }
     }
 
@@ -83,6 +88,7 @@ impl Rules {
                 period: 15.0,
             }],
             select: Select::Max,
+            tolerance: TOLERANCE,
         }
     }
 
@@ -113,6 +119,12 @@ impl Rules {
                 Some("Disabled") => Select::Disabled,
                 _ => Select::Max,
             },
+            // horizontal.go tolerancesForHpa: the rule's own, else the default.
+            tolerance: rules
+                .tolerance
+                .as_ref()
+                .and_then(|q| crate::watch::parse_quantity(&q.0))
+                .unwrap_or(default.tolerance),
         }
     }
 }
@@ -183,8 +195,20 @@ impl Spec {
 /// changes nothing. Before 1.33 it was `|1 - ratio| > tolerance` to act,
 /// which in floating point also acted at exactly 1.1.
 pub fn metric_replicas(metric: f64, target: f64, status_replicas: i32) -> i32 {
+    metric_replicas_within(metric, target, status_replicas, TOLERANCE, TOLERANCE)
+}
+
+/// The same with a tolerance per direction, as `behavior.scaleDown.tolerance`
+/// and `behavior.scaleUp.tolerance` set them.
+pub fn metric_replicas_within(
+    metric: f64,
+    target: f64,
+    status_replicas: i32,
+    down_tolerance: f64,
+    up_tolerance: f64,
+) -> i32 {
     let ratio = metric / (target * f64::from(status_replicas));
-    let within = ((1.0 - TOLERANCE)..=(1.0 + TOLERANCE)).contains(&ratio);
+    let within = ((1.0 - down_tolerance)..=(1.0 + up_tolerance)).contains(&ratio);
     if !within {
         (metric / target).ceil() as i32
     } else {
@@ -217,7 +241,13 @@ impl Controller {
         } else {
             // At 0 replicas (minReplicas 0) the ratio is infinite, never
             // within tolerance: ceil(metric / target), as upstream.
-            let proposed = metric_replicas(metric, spec.target, current);
+            let proposed = metric_replicas_within(
+                metric,
+                spec.target,
+                current,
+                spec.down.tolerance,
+                spec.up.tolerance,
+            );
             let stabilized = self.stabilize(spec, now, current, proposed);
             self.limit(spec, now, current, stabilized)
         };
@@ -385,6 +415,31 @@ mod tests {
             assert_eq!(Spec::from_hpa(&hpa(value)).unwrap().target, 5.0, "{value}");
         }
         assert!(Spec::from_hpa(&hpa("five")).is_err());
+        // behavior.*.tolerance is a quantity too, per direction.
+        let mut tolerant = hpa("5");
+        let behavior = serde_json::from_value(serde_json::json!({
+            "scaleUp": { "tolerance": "50m" }
+        }))
+        .unwrap();
+        tolerant.spec.as_mut().unwrap().behavior = Some(behavior);
+        let spec = Spec::from_hpa(&tolerant).unwrap();
+        assert_eq!((spec.up.tolerance, spec.down.tolerance), (0.05, TOLERANCE));
+    }
+
+    #[test]
+    fn each_direction_takes_its_own_tolerance() {
+        // 4 pods, target 5, 21.5 messages: a ratio of 1.075.
+        let default = spec(1, 20, 5.0, Rules::default_up(), Rules::default_down());
+        assert_eq!(Controller::default().sync(&default, 0.0, 21.5, 4), 4);
+        let eager_up = Rules {
+            tolerance: 0.05,
+            ..Rules::default_up()
+        };
+        let eager = spec(1, 20, 5.0, eager_up, Rules::default_down());
+        assert_eq!(Controller::default().sync(&eager, 0.0, 21.5, 4), 5);
+        // The up tolerance says nothing about going down: 18.5 (0.925)
+        // stays within the default 0.1 below.
+        assert_eq!(Controller::default().sync(&eager, 0.0, 18.5, 4), 4);
     }
 
     #[test]
@@ -461,6 +516,7 @@ mod tests {
                 period: 15.0,
             }],
             select: Select::Max,
+            tolerance: TOLERANCE,
         };
         let s = spec(1, 20, 5.0, Rules::default_up(), down);
         let mut c = Controller::default();
@@ -486,6 +542,7 @@ mod tests {
                 period: 60.0,
             }],
             select: Select::Max,
+            tolerance: TOLERANCE,
         };
         let s = spec(1, 20, 5.0, Rules::default_up(), down);
         let mut c = Controller::default();
