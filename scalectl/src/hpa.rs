@@ -186,6 +186,32 @@ impl Spec {
     }
 }
 
+/// The HPA's metrics other than the External one `Spec` models, described
+/// (`Resource cpu`, `Pods m`, …). Upstream takes the largest replica count
+/// over all metrics (horizontal.go computeReplicasForMetrics), so with any
+/// of these a real cluster may run more replicas than a plan shows.
+pub fn other_metrics(hpa: &HorizontalPodAutoscaler) -> Vec<String> {
+    let metrics = hpa.spec.iter().flat_map(|s| s.metrics.iter().flatten());
+    let mut skipped_external = false;
+    metrics
+        .filter_map(|m| {
+            let name = match m.type_.as_str() {
+                "External" if !skipped_external && m.external.is_some() => {
+                    skipped_external = true;
+                    return None;
+                }
+                "External" => m.external.as_ref().map(|e| e.metric.name.clone()),
+                "Resource" => m.resource.as_ref().map(|r| r.name.clone()),
+                "ContainerResource" => m.container_resource.as_ref().map(|r| r.name.clone()),
+                "Pods" => m.pods.as_ref().map(|p| p.metric.name.clone()),
+                "Object" => m.object.as_ref().map(|o| o.metric.name.clone()),
+                _ => None,
+            };
+            Some(format!("{} {}", m.type_, name.unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// The replica count the metric asks for (`GetExternalPerPodMetricReplicas`):
 /// `ceil(metric / target)`, unless within the tolerance of the current count.
 ///
@@ -415,6 +441,16 @@ mod tests {
             assert_eq!(Spec::from_hpa(&hpa(value)).unwrap().target, 5.0, "{value}");
         }
         assert!(Spec::from_hpa(&hpa("five")).is_err());
+        assert!(other_metrics(&hpa("5")).is_empty());
+        let mut with_cpu = hpa("5");
+        with_cpu.spec.as_mut().unwrap().metrics.as_mut().unwrap().push(
+            serde_json::from_value(serde_json::json!({
+                "type": "Resource",
+                "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 80 } }
+            }))
+            .unwrap(),
+        );
+        assert_eq!(other_metrics(&with_cpu), vec!["Resource cpu".to_owned()]);
         // behavior.*.tolerance is a quantity too, per direction.
         let mut tolerant = hpa("5");
         let behavior = serde_json::from_value(serde_json::json!({

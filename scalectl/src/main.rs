@@ -150,6 +150,13 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => {
             let hpa = scalectl::read_hpa(&args.hpa)?;
             let spec = scalectl::hpa::Spec::from_hpa(&hpa).context("reading the HPA")?;
+            let others = scalectl::hpa::other_metrics(&hpa);
+            if !others.is_empty() {
+                eprintln!(
+                    "scalectl: not simulated: {} (the controller takes the most replicas over all metrics, so a cluster may run more than this plan)",
+                    others.join(", ")
+                );
+            }
             let scenario = Scenario {
                 burst: args.burst,
                 burst_at: args.burst_at,
