@@ -142,6 +142,10 @@ pub struct Spec {
     pub up: Rules,
     /// `behavior.scaleDown`, defaulted.
     pub down: Rules,
+    /// Whether the HPA sets `behavior` at all. Without it upstream takes
+    /// its older path (`normalizeDesiredReplicas`), not the behavior path
+    /// with default rules.
+    pub has_behavior: bool,
 }
 
 impl Spec {
@@ -171,6 +175,7 @@ impl Spec {
             .ok_or_else(|| anyhow::anyhow!("averageValue {:?} is not a quantity", target.0))?;
         let behavior = spec.behavior.as_ref();
         Ok(Self {
+            has_behavior: behavior.is_some(),
             min: spec.min_replicas.unwrap_or(1),
             max: spec.max_replicas,
             target,
@@ -212,6 +217,24 @@ pub fn other_metrics(hpa: &HorizontalPodAutoscaler) -> Vec<String> {
         .collect()
 }
 
+/// The controller's `--horizontal-pod-autoscaler-downscale-stabilization`
+/// (5 minutes), used when the HPA has no `behavior`.
+pub const DOWNSCALE_STABILIZATION: f64 = 300.0;
+
+/// `convertDesiredReplicasWithRules` (no `behavior`): at most
+/// `max(2 × current, 4)` per sync (`calculateScaleUpLimit`), within min and max.
+fn without_behavior_limit(spec: &Spec, current: i32, desired: i32) -> i32 {
+    let up_limit = (2 * current).max(4);
+    let maximum = spec.max.min(up_limit);
+    if desired < spec.min {
+        spec.min
+    } else if desired > maximum {
+        maximum
+    } else {
+        desired
+    }
+}
+
 /// The replica count the metric asks for (`GetExternalPerPodMetricReplicas`):
 /// `ceil(metric / target)`, unless within the tolerance of the current count.
 ///
@@ -246,6 +269,8 @@ pub fn metric_replicas_within(
 #[derive(Debug, Clone, Default)]
 pub struct Controller {
     recommendations: Vec<(f64, i32)>,
+    /// The first sync's record of the current count has been made.
+    seeded: bool,
     up_events: Vec<(f64, i32)>,
     down_events: Vec<(f64, i32)>,
 }
@@ -274,8 +299,18 @@ impl Controller {
                 spec.down.tolerance,
                 spec.up.tolerance,
             );
-            let stabilized = self.stabilize(spec, now, current, proposed);
-            self.limit(spec, now, current, stabilized)
+            // reconcileAutoscaler: the first sync records the current count
+            // as a recommendation, which holds scale-down for the window.
+            if !std::mem::replace(&mut self.seeded, true) {
+                self.recommendations.push((now, current));
+            }
+            if spec.has_behavior {
+                let stabilized = self.stabilize(spec, now, current, proposed);
+                self.limit(spec, now, current, stabilized)
+            } else {
+                let stabilized = self.stabilize_without_behavior(now, proposed);
+                without_behavior_limit(spec, current, stabilized)
+            }
         };
         if desired > current {
             self.up_events.push((now, desired - current));
@@ -304,6 +339,29 @@ impl Controller {
         self.recommendations.retain(|(at, _)| *at > keep_after);
         self.recommendations.push((now, proposed));
         current.max(up).min(down)
+    }
+
+    /// `stabilizeRecommendation` (no `behavior`): the highest recommendation
+    /// of the last 5 minutes, the boundary included (a record counts unless
+    /// it is *before* the cutoff), so an older, higher one can even scale
+    /// up. The new recommendation takes the slot of an expired one if there
+    /// is one, else is appended.
+    fn stabilize_without_behavior(&mut self, now: f64, proposed: i32) -> i32 {
+        let cutoff = now - DOWNSCALE_STABILIZATION;
+        let mut highest = proposed;
+        let mut expired = None;
+        for (i, &(at, rec)) in self.recommendations.iter().enumerate() {
+            if at < cutoff {
+                expired = Some(i);
+            } else {
+                highest = highest.max(rec);
+            }
+        }
+        match expired {
+            Some(i) => self.recommendations[i] = (now, proposed),
+            None => self.recommendations.push((now, proposed)),
+        }
+        highest
     }
 
     /// `convertDesiredReplicasWithBehaviorRate`: the policies' rate limits and
@@ -395,6 +453,7 @@ mod tests {
             target,
             up,
             down,
+            has_behavior: true,
         }
     }
 
@@ -476,6 +535,48 @@ mod tests {
         // The up tolerance says nothing about going down: 18.5 (0.925)
         // stays within the default 0.1 below.
         assert_eq!(Controller::default().sync(&eager, 0.0, 18.5, 4), 4);
+    }
+
+    #[test]
+    fn without_behavior_the_older_path_applies() {
+        let legacy = Spec {
+            has_behavior: false,
+            ..spec(1, 20, 5.0, Rules::default_up(), Rules::default_down())
+        };
+        // Scale-up at most max(2 x current, 4) per sync: 1 -> 4 -> 8 -> 16
+        // -> 20, where the behavior defaults give 1 -> 5 -> 10 -> 20.
+        let mut c = Controller::default();
+        let mut current = 1;
+        let mut steps = vec![];
+        for sync in 0..5 {
+            current = c.sync(&legacy, f64::from(sync) * 15.0, 300.0, current);
+            steps.push(current);
+        }
+        assert_eq!(steps, [4, 8, 16, 20, 20]);
+        // Scale-down waits 5 minutes, the boundary included: the 20 last
+        // recommended at t = 60 holds through t = 360 and goes at 375.
+        assert_eq!(c.sync(&legacy, 360.0, 0.0, 20), 20);
+        assert_eq!(c.sync(&legacy, 375.0, 0.0, 20), 1);
+        // An older, higher recommendation scales up: 2 replicas (set by
+        // hand), 20 recommended within the window, a metric asking for 2.
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&legacy, 0.0, 100.0, 20), 20);
+        assert_eq!(
+            c.sync(&legacy, 15.0, 10.0, 2),
+            4,
+            "up, limited to max(4, 4)"
+        );
+    }
+
+    #[test]
+    fn the_first_sync_holds_scale_down_for_the_window() {
+        // 5 replicas and an empty queue at the first sync: upstream records
+        // 5 as a recommendation, so the 300 s down window holds them.
+        let s = spec(1, 20, 5.0, Rules::default_up(), Rules::default_down());
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&s, 0.0, 0.0, 5), 5);
+        assert_eq!(c.sync(&s, 285.0, 0.0, 5), 5);
+        assert_eq!(c.sync(&s, 300.0, 0.0, 5), 1);
     }
 
     #[test]

@@ -451,6 +451,7 @@ mod tests {
                 stabilization: 120.0,
                 ..Rules::default_down()
             },
+            has_behavior: true,
         }
     }
 
