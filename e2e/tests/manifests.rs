@@ -466,8 +466,10 @@ fn pre_stop_sleep(container: &Container) -> Option<Duration> {
 }
 
 /// Neither shim drains its listener on SIGTERM, so the producer component
-/// must outlive the ingress's drain, which waits for the requests it
-/// forwarded (at most PRODUCER_TIMEOUT) within SHUTDOWN_GRACE.
+/// must outlive the ingress's drain, which finishes each request it took
+/// within BODY_READ_TIMEOUT + PRODUCER_TIMEOUT while the publish API still
+/// takes their publishes (host-bridge's `Running::drain`); then the publish
+/// API finishes its confirms, within PUBLISH_TIMEOUT, before SIGKILL.
 fn producer_outlives_its_ingress_drain_in(dir: &str) -> Result<()> {
     let objects = build(dir)?;
     let templates = templates(&objects)?;
@@ -477,21 +479,18 @@ fn producer_outlives_its_ingress_drain_in(dir: &str) -> Result<()> {
     let config = bridge_config("producer", container(producer, "bridge")?)?;
     let pre_stop = pre_stop_sleep(container(producer, "producer")?)
         .context("the producer's Wasm container has a preStop sleep")?;
+    let front = config.body_read_timeout + config.producer_timeout;
     println!(
-        "{dir}: PRODUCER_TIMEOUT {:?} <= SHUTDOWN_GRACE {:?} <= preStop {pre_stop:?} < grace {grace:?}",
-        config.producer_timeout, config.shutdown_grace
+        "{dir}: BODY_READ_TIMEOUT {:?} + PRODUCER_TIMEOUT {:?} <= preStop {pre_stop:?}; + PUBLISH_TIMEOUT {:?} < grace {grace:?}",
+        config.body_read_timeout, config.producer_timeout, config.publish_timeout
     );
     assert!(
-        config.producer_timeout <= config.shutdown_grace,
-        "a forwarded request must get its answer within the drain"
-    );
-    assert!(
-        config.shutdown_grace <= pre_stop,
+        front <= pre_stop,
         "the component must outlive the ingress's drain"
     );
     assert!(
-        pre_stop < grace && config.shutdown_grace + Duration::from_secs(2) <= grace,
-        "the drain must end before SIGKILL"
+        pre_stop + config.publish_timeout + Duration::from_secs(2) <= grace,
+        "the publish API's drain must end before SIGKILL"
     );
     Ok(())
 }

@@ -1182,6 +1182,72 @@ async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a
     Ok(())
 }
 
+/// Whether a socket on local `port` holds bytes its owner has not read: the
+/// ingress has written a request to a frozen runtime.
+fn unread_bytes_on(port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields
+            .get(1)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        let unread = fields
+            .get(4)
+            .and_then(|q| q.split_once(':'))
+            .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+            .unwrap_or(0);
+        // 01: ESTABLISHED.
+        local_port == Some(port) && fields.get(3) == Some(&"01") && unread > 0
+    })
+}
+
+/// SIGTERM while the ingress holds a request it has forwarded and the
+/// component has not yet published: the ingress stops taking requests and
+/// readiness fails at once, but the publish API stays up until the ingress
+/// has drained, so that request gets its 202 and its job is queued. (With
+/// both stopped at once, the component's publish was refused: a 503.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_forwarded_request_publish_before_the_publish_api_stops() -> Result<()> {
+    let queue = unique_queue("stress-front-drain");
+    let mut front = FrontDoor::start(&queue, &[]).await?;
+    let url = front.url("/generate");
+    assert_eq!(generate(&url, "drain-before").await?.0, 202);
+    let producer_port = reqwest::Url::parse(&front.producer.url("/"))?
+        .port()
+        .context("the producer's port")?;
+
+    front.producer.signal(testkit::process::Signal::STOP)?;
+    let in_flight = {
+        let url = url.clone();
+        tokio::spawn(async move { generate(&url, "drain-in-flight").await })
+    };
+    testkit::eventually(
+        "the ingress to forward the request to the frozen runtime",
+        Duration::from_secs(10),
+        || async { unread_bytes_on(producer_port).then_some(()) },
+    )
+    .await;
+    front.bridge.sigterm()?;
+    let unready = wait_unready(&front.bridge, Duration::from_secs(10)).await;
+    front.producer.signal(testkit::process::Signal::CONT)?;
+    let answer = in_flight.await??;
+    let exit = front.bridge.wait_exit(Duration::from_secs(30)).await?;
+    println!("in flight at SIGTERM: {answer:?}; /readyz said {unready}; bridge {exit}");
+    assert_eq!((answer.0, answer.1.as_str()), (202, ""), "{answer:?}");
+    assert!(unready.contains("shutting down"), "{unready}");
+    assert!(exit.success(), "{exit}");
+    let inspector = Inspector::connect().await?;
+    assert_eq!(
+        queued_ids(&inspector, &queue).await?,
+        ["drain-before", "drain-in-flight"]
+    );
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}
+
 /// The 202s the producer says it gave, from its answer reports, once it
 /// has reported at least `answers` answers on `/generate` (each report
 /// comes after its answer is complete).

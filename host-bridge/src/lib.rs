@@ -156,9 +156,12 @@ impl Bridge {
             max_connections: config.max_connections as usize,
             header_read_timeout: config.header_read_timeout,
         };
-        // `stop`: stop taking work. `close`: close the connection, once the
-        // roles have drained (their acks and confirms need it).
+        // `front_stop`: first, the ingress stops taking clients' requests
+        // (and readiness fails) while what it forwarded still publishes.
+        // `stop`: then stop taking work. `close`: close the connection, once
+        // the roles have drained (their acks and confirms need it).
         // `admin_stop`: last, so that /metrics stays up through the drain.
+        let front_stop = CancellationToken::new();
         let stop = CancellationToken::new();
         let close = CancellationToken::new();
         let admin_stop = CancellationToken::new();
@@ -182,11 +185,15 @@ impl Bridge {
             &sessions,
             &metrics,
             limits,
-            &stop,
+            [&front_stop, &stop],
         );
-        let readiness =
-            admin::Readiness::new(sessions, roles.publishing, roles.consuming, stop.clone())
-                .with_ingress(roles.fronting);
+        let readiness = admin::Readiness::new(
+            sessions,
+            roles.publishing,
+            roles.consuming,
+            front_stop.clone(),
+        )
+        .with_ingress(roles.fronting);
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
             admin::router(metrics, readiness),
@@ -199,6 +206,8 @@ impl Bridge {
         info!(roles = ?config.roles, queue = %config.queue, "host-bridge started");
         Running {
             config,
+            front_stop,
+            front_servers: roles.front_servers,
             stop,
             close,
             admin_stop,
@@ -221,6 +230,8 @@ struct RoleInputs {
 
 /// The enabled roles, running: their tasks, and what readiness asks of each.
 struct StartedRoles {
+    /// The ingress: stopped and drained before the others.
+    front_servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
     consume_task: Option<JoinHandle<()>>,
     publishing: Option<Arc<publish::PublishApi>>,
@@ -229,21 +240,24 @@ struct StartedRoles {
 }
 
 impl StartedRoles {
-    /// Spawns the consume role and the publish and ingress servers; all of
-    /// them stop taking work when `stop` is cancelled.
+    /// Spawns the consume role and the publish and ingress servers. The
+    /// ingress stops taking requests when `front_stop` is cancelled, the
+    /// others when `stop` is: the components it forwarded to still reach
+    /// the publish API meanwhile.
     fn start(
         config: &Config,
         inputs: RoleInputs,
         sessions: &SessionWatch,
         metrics: &Metrics,
         limits: server::ServeLimits,
-        stop: &CancellationToken,
+        [front_stop, stop]: [&CancellationToken; 2],
     ) -> Self {
-        let serve = |what: &'static str, listener, router| {
+        let serve = |what: &'static str, listener, router, stop: &CancellationToken| {
             let served = server::serve(listener, router, limits, stop.clone().cancelled_owned());
             (what, tokio::spawn(served))
         };
         let mut roles = StartedRoles {
+            front_servers: Vec::new(),
             servers: Vec::new(),
             consume_task: None,
             publishing: None,
@@ -264,14 +278,14 @@ impl StartedRoles {
             roles.publishing = Some(api.clone());
             roles
                 .servers
-                .push(serve("publish API", listener, api.router()));
+                .push(serve("publish API", listener, api.router(), stop));
         }
         if let Some((listener, role)) = inputs.ingress {
             let role = Arc::new(role);
             roles.fronting = Some(role.clone());
             roles
-                .servers
-                .push(serve("ingress", listener, role.router()));
+                .front_servers
+                .push(serve("ingress", listener, role.router(), front_stop));
         }
         roles
     }
@@ -280,6 +294,8 @@ impl StartedRoles {
 /// A started bridge: its tasks, and the tokens that stop them in order.
 struct Running {
     config: Config,
+    front_stop: CancellationToken,
+    front_servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
     stop: CancellationToken,
     close: CancellationToken,
     admin_stop: CancellationToken,
@@ -296,6 +312,21 @@ impl Running {
     async fn drain(self) {
         let config = &self.config;
         info!(grace = ?config.shutdown_grace, "stopping: no new work; draining");
+        // The ingress first: the requests it forwarded finish (each within
+        // its body read and PRODUCER_TIMEOUT) while the publish API still
+        // takes the components' publishes.
+        self.front_stop.cancel();
+        let front = async {
+            for (what, task) in self.front_servers {
+                if let Ok(Err(e)) = task.await {
+                    warn!(error = %e, "{what} failed");
+                }
+            }
+        };
+        let front_bound = config.body_read_timeout + config.producer_timeout + DRAIN_SLACK;
+        if tokio::time::timeout(front_bound, front).await.is_err() {
+            warn!(bound = ?front_bound, "the ingress did not drain; going on");
+        }
         self.stop.cancel();
         // The consumer bounds its own drain by the grace period; the publish
         // API's in-flight requests are bounded by the confirm timeout, the
