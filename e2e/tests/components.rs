@@ -95,7 +95,7 @@ async fn generate_answers_202_only_once_the_broker_holds_the_job() -> Result<()>
         .map(ToString::to_string);
     assert_eq!(message_id.as_deref(), Some(get_id.as_str()));
 
-    // The producer reports its answers to the bridge after answering.
+    // The bridge counts the producer's answers as it gives its verdicts.
     let labels = [("route", "/generate"), ("status", "202")];
     bridge
         .wait_metric(
@@ -510,6 +510,31 @@ async fn producer_answers_each_request_as_its_own_under_instance_reuse() -> Resu
             accepted.push(id);
         }
     }
+    // A bridge verdict other than 202, counted by the bridge alone: a
+    // producer that waits 1 s gets 503 deadline_exceeded from a bridge
+    // whose confirm wait is 5 s, and reports nothing itself.
+    let impatient = testkit::runtime::WasmtimeServe::start(
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
+            ("BRIDGE_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await?;
+    for _ in 0..3 {
+        let response = client.get(impatient.url("/generate")).send().await?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await?;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("deadline_exceeded")),
+            "{body}"
+        );
+        *statuses.entry(("/generate", status)).or_default() += 1.0;
+        *methods.entry(("/generate", "GET")).or_default() += 1.0;
+    }
+
     // Exactly the accepted jobs are queued, in order.
     let inspector = Inspector::connect().await?;
     assert_eq!(inspector.drain_ids(&queue).await?, accepted);

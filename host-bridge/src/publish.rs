@@ -53,6 +53,11 @@ pub const DEADLINE_HEADER: &str = "publish-deadline";
 /// as its request `<METHOD> <route>`, answered with the bridge's verdict.
 pub const OBSERVE_HEADER: &str = "observe-request";
 
+/// The answer's header saying the bridge did count it: only then does the
+/// producer skip its own report. Not set past the caller's deadline, when
+/// the producer has given up and reports its own answer.
+pub const OBSERVE_COUNTED_HEADER: &str = "observe-counted";
+
 /// Time kept back from a deadline for writing the answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
@@ -365,7 +370,20 @@ fn unix_seconds() -> u64 {
 }
 
 /// The time left before the caller's `publish-deadline`, if it sent one.
+#[cfg(test)]
 fn time_left(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    Ok(deadline(headers)?.map(left_until))
+}
+
+/// The time left until `deadline` (zero once it has passed).
+fn left_until(deadline: SystemTime) -> Duration {
+    deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+}
+
+/// The caller's `publish-deadline`, if it sent one.
+fn deadline(headers: &HeaderMap) -> Result<Option<SystemTime>, ApiError> {
     let Some(value) = headers.get(DEADLINE_HEADER) else {
         return Ok(None);
     };
@@ -380,11 +398,8 @@ fn time_left(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
                 format!("{DEADLINE_HEADER} must be Unix time in milliseconds"),
             )
         })?;
-    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms);
     Ok(Some(
-        deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default(),
+        SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms),
     ))
 }
 
@@ -395,6 +410,7 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let observed = observed_request(&headers);
+    let caller_deadline = deadline(&headers)?;
     // A bad request (the outer Err) is not counted here: the producer turns
     // it into its own 502 and reports that itself.
     let result = publish_request(&api, &headers, body).await?;
@@ -402,17 +418,11 @@ async fn publish(
         .as_ref()
         .map_or_else(|(_, e)| e.outcome(), |_| PublishOutcome::Confirmed);
     api.metrics.publish_done(&api.queue, outcome, started);
-    if let Some((method, route)) = observed {
-        let status = result
-            .as_ref()
-            .map_or_else(|(_, e)| e.status(), |_| StatusCode::ACCEPTED);
-        count_producer_answer(&api.metrics, route, method, status.as_u16());
-    }
-    match result {
+    let mut response = match &result {
         Ok(id) => {
             debug!(id = ?id, "published");
             let body = serde_json::json!({ "id": id, "outcome": outcome.label() });
-            Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err((id, e)) => {
             api.metrics
@@ -421,9 +431,22 @@ async fn publish(
                 .inc();
             // Debug formatting escapes the id: it came from a client.
             warn!(id = ?id, error = %e, "publish not confirmed");
-            Err(ApiError::new(e.status(), e.code(), e.to_string()).retry_after(api.retry_after))
+            ApiError::new(e.status(), e.code(), e.to_string())
+                .retry_after(api.retry_after)
+                .into_response()
         }
+    };
+    // Count the producer's answer only while the producer still waits for
+    // this one; past its deadline it reports its own.
+    let waited_for = caller_deadline.is_none_or(|d| SystemTime::now() < d);
+    if let (Some((method, route)), true) = (observed, waited_for) {
+        count_producer_answer(&api.metrics, route, method, response.status().as_u16());
+        response.headers_mut().insert(
+            OBSERVE_COUNTED_HEADER,
+            axum::http::HeaderValue::from_static("1"),
+        );
     }
+    Ok(response)
 }
 
 /// One publish request from gate to verdict. The outer `Err` is a bad
@@ -444,7 +467,7 @@ async fn publish_request(
             return Ok(Err((None, e)));
         }
     };
-    let time_left = time_left(headers)?;
+    let deadline = deadline(headers)?;
     let bytes = read_json_body(
         headers.get(header::CONTENT_TYPE),
         body,
@@ -453,6 +476,9 @@ async fn publish_request(
     )
     .await?;
     let job = Job::from_body(&bytes)?;
+    // The time left is judged after the body is read: a slow body must not
+    // let a publish start that could outlast the caller's wait.
+    let time_left = deadline.map(left_until);
     if time_left.is_some_and(|left| left < api.timeout + ANSWER_MARGIN) {
         return Ok(Err((
             Some(job.id),

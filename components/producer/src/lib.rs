@@ -46,6 +46,9 @@ const DEADLINE_HEADER: &str = "publish-deadline";
 /// `<METHOD> <route>`, answered with its verdict (host-bridge's
 /// `publish::OBSERVE_HEADER`).
 const OBSERVE_HEADER: &str = "observe-request";
+/// The answer's header by which the bridge says it counted the answer
+/// (`publish::OBSERVE_COUNTED_HEADER`); without it the producer reports.
+const OBSERVE_COUNTED_HEADER: &str = "observe-counted";
 /// The header in which a client may choose the job id, so that a retry after
 /// an ambiguous answer is recognisably the same job.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -221,7 +224,6 @@ async fn publish(job: &Job, observed: Option<String>) -> Answer {
     request
         .header("content-type", "application/json")
         .header(DEADLINE_HEADER, deadline_ms.to_string());
-    let counted = observed.is_some();
     if let Some(observed) = observed {
         request.header(OBSERVE_HEADER, observed);
     }
@@ -278,8 +280,9 @@ async fn publish(job: &Job, observed: Option<String>) -> Answer {
             );
         }
     };
-    // The bridge counted this answer as it gave it.
-    verdict.counted_by(counted)
+    // Only an answer the bridge says it counted goes unreported: an older
+    // bridge, or a proxy's 503, leaves the report to the producer.
+    verdict.counted_by(response.header(OBSERVE_COUNTED_HEADER).is_some())
 }
 
 /// Reads `BRIDGE_TIMEOUT_MS`, defaulting when unset.
