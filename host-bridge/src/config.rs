@@ -107,7 +107,7 @@ pub struct Config {
     /// Where the ingress role forwards requests: the producer component's
     /// own listener, `http://host:port` on loopback (containerd-shim-spin
     /// serves on port 80).
-    #[arg(long, env = "PRODUCER_URL", default_value = "http://127.0.0.1:80")]
+    #[arg(long, env = "PRODUCER_URL", default_value = "http://127.0.0.1:8080")]
     pub producer_url: String,
 
     /// How long the producer component may take to answer a forwarded
