@@ -1182,26 +1182,58 @@ async fn a_frozen_or_dead_producer_behind_the_front_door_gets_504_or_503_never_a
     Ok(())
 }
 
-/// Whether a socket on local `port` holds bytes its owner has not read: the
-/// ingress has written a request to a frozen runtime.
-fn unread_bytes_on(port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let local_port = fields
-            .get(1)
-            .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        let unread = fields
-            .get(4)
-            .and_then(|q| q.split_once(':'))
-            .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
-            .unwrap_or(0);
-        // 01: ESTABLISHED.
-        local_port == Some(port) && fields.get(3) == Some(&"01") && unread > 0
-    })
+/// A loopback relay between the ingress and the producer that holds back
+/// the request carrying `marker`: it says when that request has arrived
+/// (`arrived`) and passes it on only once `release` fires. Every other
+/// byte goes straight through.
+async fn holding_relay(
+    upstream: std::net::SocketAddr,
+    marker: &'static str,
+) -> Result<(
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let hold = Arc::new(Mutex::new((Some(arrived_tx), Some(release_rx))));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut up_read, mut up_write) = outbound.into_split();
+                let (mut in_read, mut in_write) = inbound.split();
+                let requests = async {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = in_read.read(&mut buffer).await?;
+                        if n == 0 {
+                            return std::io::Result::Ok(());
+                        }
+                        if String::from_utf8_lossy(&buffer[..n]).contains(marker) {
+                            let (arrived, release) = {
+                                let mut hold = hold.lock().await;
+                                (hold.0.take(), hold.1.take())
+                            };
+                            if let (Some(arrived), Some(release)) = (arrived, release) {
+                                let _ = arrived.send(());
+                                let _ = release.await;
+                            }
+                        }
+                        up_write.write_all(&buffer[..n]).await?;
+                    }
+                };
+                let answers = tokio::io::copy(&mut up_read, &mut in_write);
+                let _ = tokio::join!(requests, answers);
+            });
+        }
+    });
+    Ok((port, arrived, release))
 }
 
 /// SIGTERM while the ingress holds a request it has forwarded and the
@@ -1212,29 +1244,50 @@ fn unread_bytes_on(port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_forwarded_request_publish_before_the_publish_api_stops() -> Result<()> {
     let queue = unique_queue("stress-front-drain");
-    let mut front = FrontDoor::start(&queue, &[]).await?;
-    let url = front.url("/generate");
+    let [ingress_port, producer_port] = testkit::process::free_ports()?;
+    let producer_addr = std::net::SocketAddr::from(([127, 0, 0, 1], producer_port));
+    // The ingress forwards through the relay, which holds back one request.
+    let (relay_port, arrived, release) = holding_relay(producer_addr, "drain-in-flight").await?;
+    let ingress = format!("127.0.0.1:{ingress_port}");
+    let relay = format!("http://127.0.0.1:{relay_port}");
+    let mut bridge = BridgeProcess::spawn(
+        &amqp_url(),
+        &[
+            "--roles",
+            "publish,ingress",
+            "--queue",
+            &queue,
+            "--ingress-addr",
+            &ingress,
+            "--producer-url",
+            &relay,
+        ],
+    )
+    .await?;
+    let _producer = testkit::runtime::WasmtimeServe::start_on(
+        &testkit::runtime::wasmtime_binary(),
+        producer_port,
+        "producer",
+        &[
+            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
+            ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
+        ],
+    )
+    .await?;
+    bridge.wait_ready().await;
+    let url = format!("http://{ingress}/generate");
     assert_eq!(generate(&url, "drain-before").await?.0, 202);
-    let producer_port = reqwest::Url::parse(&front.producer.url("/"))?
-        .port()
-        .context("the producer's port")?;
 
-    front.producer.signal(testkit::process::Signal::STOP)?;
     let in_flight = {
         let url = url.clone();
         tokio::spawn(async move { generate(&url, "drain-in-flight").await })
     };
-    testkit::eventually(
-        "the ingress to forward the request to the frozen runtime",
-        Duration::from_secs(10),
-        || async { unread_bytes_on(producer_port).then_some(()) },
-    )
-    .await;
-    front.bridge.sigterm()?;
-    let unready = wait_unready(&front.bridge, Duration::from_secs(10)).await;
-    front.producer.signal(testkit::process::Signal::CONT)?;
+    arrived.await?;
+    bridge.sigterm()?;
+    let unready = wait_unready(&bridge, Duration::from_secs(10)).await;
+    let _ = release.send(());
     let answer = in_flight.await??;
-    let exit = front.bridge.wait_exit(Duration::from_secs(30)).await?;
+    let exit = bridge.wait_exit(Duration::from_secs(30)).await?;
     println!("in flight at SIGTERM: {answer:?}; /readyz said {unready}; bridge {exit}");
     assert_eq!((answer.0, answer.1.as_str()), (202, ""), "{answer:?}");
     assert!(unready.contains("shutting down"), "{unready}");
