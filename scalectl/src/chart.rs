@@ -17,9 +17,23 @@ fn err(e: impl std::fmt::Debug) -> anyhow::Error {
     anyhow::anyhow!("drawing the chart: {e:?}")
 }
 
-/// Draws message series on the left axis and replica series on the right,
-/// against seconds.
-pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Result<String> {
+/// A labelled moment, drawn as a vertical dashed line.
+pub struct Mark {
+    /// The legend label.
+    pub label: String,
+    /// Seconds.
+    pub t: f64,
+}
+
+/// Draws message series on the left axis and replica series on the right
+/// (whole replicas: the axis ticks are integers), against seconds, with
+/// `marks` as vertical lines.
+pub fn svg(
+    title: &str,
+    messages: &[Series],
+    replicas: &[Series],
+    marks: &[Mark],
+) -> anyhow::Result<String> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (900, 420)).into_drawing_area();
@@ -28,6 +42,7 @@ pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Res
         let t_max = all
             .clone()
             .flat_map(|s| s.points.iter().map(|p| p.0))
+            .chain(marks.iter().map(|m| m.t))
             .fold(15.0, f64::max);
         let top = |series: &[Series]| {
             series
@@ -43,16 +58,19 @@ pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Res
             .right_y_label_area_size(50)
             .build_cartesian_2d(0.0..t_max, 0.0..top(messages) * 1.05)
             .map_err(err)?
-            .set_secondary_coord(0.0..t_max, 0.0..top(replicas) * 1.1);
+            .set_secondary_coord(0.0..t_max, 0i32..(top(replicas).ceil() as i32 + 1));
         chart
             .configure_mesh()
             .x_desc("seconds")
             .y_desc("messages")
             .draw()
             .map_err(err)?;
+        let replica_top = top(replicas).ceil() as usize + 1;
         chart
             .configure_secondary_axes()
             .y_desc("replicas")
+            // One tick per replica while they fit; integers either way.
+            .y_labels(replica_top.min(11))
             .draw()
             .map_err(err)?;
         let colors = [BLUE, CYAN, GREEN];
@@ -67,13 +85,25 @@ pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Res
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         }
         for (series, color) in replicas.iter().zip([RED, MAGENTA, BLACK]) {
+            let whole = series.points.iter().map(|&(t, v)| (t, v.round() as i32));
             chart
-                .draw_secondary_series(LineSeries::new(
-                    series.points.clone(),
-                    color.stroke_width(2),
-                ))
+                .draw_secondary_series(LineSeries::new(whole, color.stroke_width(2)))
                 .map_err(err)?
                 .label(series.label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+        let message_top = top(messages) * 1.05;
+        for (mark, color) in marks.iter().zip([BLACK, RGBColor(120, 120, 120)]) {
+            let dashes = DashedLineSeries::new(
+                [(mark.t, 0.0), (mark.t, message_top)],
+                6,
+                4,
+                color.stroke_width(1),
+            );
+            chart
+                .draw_series(dashes)
+                .map_err(err)?
+                .label(mark.label.clone())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         }
         chart
@@ -87,8 +117,21 @@ pub fn svg(title: &str, messages: &[Series], replicas: &[Series]) -> anyhow::Res
     Ok(out)
 }
 
-/// The plan's chart: queue depth, the metric the HPA saw, and replicas.
+/// The plan's chart: queue depth, the metric the HPA saw, and replicas,
+/// until replicas are back at min, with the drain time and the physical
+/// lower bound marked.
 pub fn plan_svg(plan: &Plan, title: &str) -> anyhow::Result<String> {
+    let mut marks = Vec::new();
+    if let Some(drain) = plan.drain_time {
+        marks.push(Mark {
+            label: format!("drained: {drain:.0} s after the burst"),
+            t: plan.burst_at + drain,
+        });
+    }
+    marks.push(Mark {
+        label: format!("physical lower bound: {:.0} s", plan.lower_bound),
+        t: plan.burst_at + plan.lower_bound,
+    });
     let line = |label: &str, f: &dyn Fn(&crate::plan::Tick) -> f64| Series {
         label: label.to_owned(),
         points: plan.timeline.iter().map(|t| (t.t, f(t))).collect(),
@@ -102,5 +145,6 @@ pub fn plan_svg(plan: &Plan, title: &str) -> anyhow::Result<String> {
             line("metric the HPA saw", &|t| t.metric),
         ],
         &[line("replicas", &|t| f64::from(t.replicas))],
+        &marks,
     )
 }

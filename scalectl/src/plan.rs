@@ -144,6 +144,8 @@ pub struct Plan {
     pub drain_time: Option<f64>,
     /// `ceil(burst / maxReplicas / concurrency) × service time`: no HPA can drain the burst faster.
     pub lower_bound: f64,
+    /// When the burst arrived (the drain and the bound count from here).
+    pub burst_at: f64,
 }
 
 /// Slack for comparing simulated times (sums of fractional steps): an event
@@ -183,6 +185,8 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
             peak = peak.max(desired);
             ticks.push(world.snapshot(t));
             if world.drain_time.is_some() && desired == spec.min {
+                // The timeline ends on the scale-down back to min.
+                timeline.push(world.snapshot(t));
                 break;
             }
         }
@@ -195,6 +199,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         first_scale_up,
         drain_time: world.drain_time,
         lower_bound: (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time,
+        burst_at: scenario.burst_at,
     }
 }
 

@@ -280,6 +280,7 @@ pub fn svg(samples: &[Sample], title: &str) -> anyhow::Result<String> {
             line("desired replicas", &|s| Some(f64::from(s.desired))),
             line("ready replicas", &|s| Some(f64::from(s.ready))),
         ],
+        &[],
     )
 }
 

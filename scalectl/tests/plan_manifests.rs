@@ -64,9 +64,17 @@ fn the_chart_is_well_formed_svg_with_both_series() -> anyhow::Result<()> {
         "queue depth (ready + unacked)",
         "metric the HPA saw",
         "replicas",
+        "physical lower bound",
+        "drained:",
     ] {
         assert!(svg.contains(label), "legend {label} missing");
     }
+    // The chart runs until the scale-down back to min.
+    assert_eq!(
+        result.timeline.last().map(|t| t.replicas),
+        Some(spec.min),
+        "the timeline ends at min replicas"
+    );
     // Each series is drawn from every tick of the plan: three lines of
     // exactly `timeline.len()` points, and no two alike.
     let lines: Vec<Vec<&str>> = svg
