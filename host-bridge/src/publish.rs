@@ -369,12 +369,6 @@ fn unix_seconds() -> u64 {
         .unwrap_or_default()
 }
 
-/// The time left before the caller's `publish-deadline`, if it sent one.
-#[cfg(test)]
-fn time_left(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
-    Ok(deadline(headers)?.map(left_until))
-}
-
 /// The time left until `deadline` (zero once it has passed).
 fn left_until(deadline: SystemTime) -> Duration {
     deadline
@@ -413,7 +407,7 @@ async fn publish(
     let caller_deadline = deadline(&headers)?;
     // A bad request (the outer Err) is not counted here: the producer turns
     // it into its own 502 and reports that itself.
-    let result = publish_request(&api, &headers, body).await?;
+    let result = publish_request(&api, &headers, caller_deadline, body).await?;
     let outcome = result
         .as_ref()
         .map_or_else(|(_, e)| e.outcome(), |_| PublishOutcome::Confirmed);
@@ -455,6 +449,7 @@ async fn publish(
 async fn publish_request(
     api: &PublishApi,
     headers: &HeaderMap,
+    deadline: Option<SystemTime>,
     body: Body,
 ) -> Result<Result<String, (Option<String>, PublishError)>, ApiError> {
     // Refuse before holding the body: a stalled or blocked broker must cost
@@ -467,7 +462,6 @@ async fn publish_request(
             return Ok(Err((None, e)));
         }
     };
-    let deadline = deadline(headers)?;
     let bytes = read_json_body(
         headers.get(header::CONTENT_TYPE),
         body,
@@ -617,6 +611,7 @@ mod tests {
     #[test]
     fn deadlines_are_read_from_the_header() {
         let mut headers = HeaderMap::new();
+        let time_left = |h: &HeaderMap| deadline(h).map(|d| d.map(left_until));
         assert!(time_left(&headers).unwrap().is_none());
         headers.insert(DEADLINE_HEADER, "1".parse().unwrap());
         assert_eq!(time_left(&headers).unwrap(), Some(Duration::ZERO));
