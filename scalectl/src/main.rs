@@ -132,9 +132,10 @@ struct PlanArgs {
     /// drain spread sweeps them all.
     #[arg(long, default_value = "0,0,0")]
     phase: Phases,
-    /// Phases per clock in the drain spread (steps³ plans).
-    #[arg(long, default_value_t = 5)]
-    phase_steps: usize,
+    /// Phases per clock in the drain spread (steps³ plans; at most 20,
+    /// 8,000 plans, so that a typo can't hang the command).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
+    phase_steps: u16,
     /// Write the per-sync table here (CSV).
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -150,6 +151,17 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => {
             let hpa = scalectl::read_hpa(&args.hpa)?;
             let spec = scalectl::hpa::Spec::from_hpa(&hpa).context("reading the HPA")?;
+            // A phase is where in its period a clock first ticks.
+            for (name, phase, period) in [
+                ("stats", args.phase.stats, args.stats_interval),
+                ("scrape", args.phase.scrape, args.scrape_interval),
+                ("sync", args.phase.sync, scalectl::hpa::SYNC_PERIOD),
+            ] {
+                anyhow::ensure!(
+                    period <= 0.0 || phase < period,
+                    "--phase: the {name} phase ({phase} s) must be below its period ({period} s)"
+                );
+            }
             let others = scalectl::hpa::other_metrics(&hpa);
             if !others.is_empty() {
                 eprintln!(
@@ -209,7 +221,7 @@ fn main() -> anyhow::Result<()> {
                 spec.max,
                 result.lower_bound
             );
-            match over_phases(&spec, &scenario, args.phase_steps) {
+            match over_phases(&spec, &scenario, usize::from(args.phase_steps)) {
                 Some(spread) => println!(
                     "drain over {} clock phases: best {:.0} s (--phase {}), median {:.0} s, worst {:.0} s (--phase {}){}",
                     spread.runs,

@@ -95,3 +95,40 @@ fn the_chart_is_well_formed_svg_with_both_series() -> anyhow::Result<()> {
     assert!(lines[0] != lines[1] && lines[1] != lines[2] && lines[0] != lines[2]);
     Ok(())
 }
+
+/// `scalectl plan` itself, on our HPA: it prints the spread over phases,
+/// and refuses phases and sweep sizes that make no sense, with one line and
+/// a non-zero exit, before simulating anything.
+#[test]
+fn the_plan_command_prints_the_spread_and_refuses_bad_phases() -> anyhow::Result<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_scalectl"))
+            .arg("plan")
+            .args(args)
+            .current_dir(ROOT)
+            .output()
+    };
+    let ok = run(&[])?;
+    assert!(ok.status.success());
+    let stdout = String::from_utf8(ok.stdout)?;
+    assert!(stdout.starts_with("assumptions:"), "{stdout}");
+    assert!(
+        stdout.contains("drain over 125 clock phases: best"),
+        "{stdout}"
+    );
+    for (args, says) in [
+        (
+            &["--phase", "0,20,0"][..],
+            "scrape phase (20 s) must be below its period",
+        ),
+        (&["--phase", "1,2"][..], "want three phases"),
+        (&["--phase-steps", "1000"][..], "1000 is not in 1..=20"),
+    ] {
+        let refused = run(args)?;
+        let stderr = String::from_utf8(refused.stderr)?;
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(refused.stdout.is_empty(), "{args:?}: nothing simulated");
+    }
+    Ok(())
+}
