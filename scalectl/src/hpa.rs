@@ -1,8 +1,11 @@
-//! The HPA v2 controller's decision for one External `AverageValue` metric,
-//! following upstream `pkg/controller/podautoscaler` (replica_calculator.go
-//! and horizontal.go): the replica count from the metric with the 0.1
-//! tolerance, the stabilization windows, the scaling policies with
-//! `selectPolicy`, and the min/max clamps.
+//! The HPA v2 controller's decision for one External metric (`AverageValue`
+//! or `Value`), following upstream `pkg/controller/podautoscaler`
+//! (replica_calculator.go and horizontal.go) as of Kubernetes 1.33 and
+//! later: the replica count from the metric with the per-direction
+//! tolerance, the first sync's recommendation, the stabilization windows,
+//! the scaling policies with `selectPolicy` and their event record, the
+//! older path an HPA without `behavior` takes, and the min/max clamps.
+//! Each rule names its upstream function where it is implemented.
 //!
 //! This module holds only the controller's arithmetic; the world it acts on
 //! (queue, pods, metric lag) is simulated in `plan`.
@@ -129,15 +132,56 @@ impl Rules {
     }
 }
 
-/// The parts of an HPA the controller uses for one External AverageValue metric.
+/// An External metric's target (`target.type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// `AverageValue`: the metric per replica. Upstream
+    /// `GetExternalPerPodMetricReplicas`: `ceil(metric / target)`, whatever
+    /// the current count. Ours.
+    AverageValue(f64),
+    /// `Value`: the metric as a whole. Upstream `GetExternalMetricReplicas`
+    /// and `getUsageRatioReplicaCount`: `ceil(metric / target × ready
+    /// pods)`, so on a queue that a fleet is still draining the count keeps
+    /// multiplying.
+    Value(f64),
+}
+
+impl Target {
+    /// The target's quantity.
+    pub fn value(self) -> f64 {
+        match self {
+            Target::AverageValue(v) | Target::Value(v) => v,
+        }
+    }
+
+    /// The same type of target at another value.
+    pub fn with_value(self, value: f64) -> Self {
+        match self {
+            Target::AverageValue(_) => Target::AverageValue(value),
+            Target::Value(_) => Target::Value(value),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// As the HPA's YAML spells it: `averageValue 5`, `value 20`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AverageValue(v) => write!(f, "averageValue {v}"),
+            Target::Value(v) => write!(f, "value {v}"),
+        }
+    }
+}
+
+/// The parts of an HPA the controller uses for one External metric.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     /// `minReplicas` (default 1).
     pub min: i32,
     /// `maxReplicas`.
     pub max: i32,
-    /// The `averageValue` target.
-    pub target: f64,
+    /// The External metric's target.
+    pub target: Target,
     /// `behavior.scaleUp`, defaulted.
     pub up: Rules,
     /// `behavior.scaleDown`, defaulted.
@@ -149,7 +193,8 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// Reads an HPA with one External metric and an AverageValue target.
+    /// Reads an HPA's first External metric, with an AverageValue or a
+    /// Value target.
     pub fn from_hpa(hpa: &HorizontalPodAutoscaler) -> anyhow::Result<Self> {
         let spec = hpa
             .spec
@@ -161,18 +206,26 @@ impl Spec {
             .flatten()
             .find_map(|m| m.external.as_ref())
             .ok_or_else(|| anyhow::anyhow!("the HPA has no External metric"))?;
-        anyhow::ensure!(
-            external.target.type_ == "AverageValue",
-            "the External target must be AverageValue"
-        );
-        let target = external
-            .target
-            .average_value
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no averageValue"))?;
+        let (field, quantity, target): (_, _, fn(f64) -> Target) =
+            match external.target.type_.as_str() {
+                "AverageValue" => (
+                    "averageValue",
+                    external.target.average_value.as_ref(),
+                    Target::AverageValue,
+                ),
+                "Value" => ("value", external.target.value.as_ref(), Target::Value),
+                other => anyhow::bail!(
+                    "the External target is {other:?}; scalectl reads AverageValue and Value"
+                ),
+            };
+        let quantity = quantity.ok_or_else(|| anyhow::anyhow!("no {field}"))?;
         // A Kubernetes quantity: "5", "5000m" and "0.005k" are all 5.
-        let target = crate::watch::parse_quantity(&target.0)
-            .ok_or_else(|| anyhow::anyhow!("averageValue {:?} is not a quantity", target.0))?;
+        let value = crate::watch::parse_quantity(&quantity.0)
+            .filter(|v| *v > 0.0)
+            .ok_or_else(|| anyhow::anyhow!("{field} {:?} is not a quantity above 0", quantity.0))?;
+        // The controller reads targets as milli-units, rounded up
+        // (`Quantity.MilliValue`).
+        let target = target((value * 1000.0 - 1e-6).ceil() / 1000.0);
         let behavior = spec.behavior.as_ref();
         Ok(Self {
             has_behavior: behavior.is_some(),
@@ -188,6 +241,51 @@ impl Spec {
                 Rules::default_down(),
             ),
         })
+    }
+}
+
+impl std::fmt::Display for Policy {
+    /// `4 pods/15s`, `100%/15s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Policy::Pods { value, period } => write!(f, "{value} pods/{period}s"),
+            Policy::Percent { value, period } => write!(f, "{value}%/{period}s"),
+        }
+    }
+}
+
+impl std::fmt::Display for Rules {
+    /// `window 0s, Max of 100%/15s, 4 pods/15s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "window {}s, ", self.stabilization)?;
+        match self.select {
+            Select::Disabled => write!(f, "Disabled")?,
+            Select::Max | Select::Min => {
+                write!(f, "{:?} of ", self.select)?;
+                for (i, policy) in self.policies.iter().enumerate() {
+                    write!(f, "{}{policy}", if i > 0 { ", " } else { "" })?;
+                }
+            }
+        }
+        if self.tolerance != TOLERANCE {
+            write!(f, ", tolerance {}", self.tolerance)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Spec {
+    /// One line: target, min, max and behavior, as the plan assumed them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, min {}, max {}; ", self.target, self.min, self.max)?;
+        if self.has_behavior {
+            write!(f, "scaleUp {}; scaleDown {}", self.up, self.down)
+        } else {
+            write!(
+                f,
+                "no behavior: at most max(2 x current, 4) up per sync, {DOWNSCALE_STABILIZATION}s down window"
+            )
+        }
     }
 }
 
@@ -235,8 +333,9 @@ fn without_behavior_limit(spec: &Spec, current: i32, desired: i32) -> i32 {
     }
 }
 
-/// The replica count the metric asks for (`GetExternalPerPodMetricReplicas`):
-/// `ceil(metric / target)`, unless within the tolerance of the current count.
+/// The replica count an `AverageValue` metric asks for
+/// (`GetExternalPerPodMetricReplicas`): `ceil(metric / target)`, unless
+/// within the tolerance of the current count.
 ///
 /// Within is inclusive, as upstream has it since 1.33
 /// (pkg/controller/podautoscaler/replica_calculator.go, `Tolerances.isWithin`:
@@ -257,12 +356,126 @@ pub fn metric_replicas_within(
     up_tolerance: f64,
 ) -> i32 {
     let ratio = metric / (target * f64::from(status_replicas));
-    let within = ((1.0 - down_tolerance)..=(1.0 + up_tolerance)).contains(&ratio);
-    if !within {
-        (metric / target).ceil() as i32
-    } else {
+    if within(ratio, down_tolerance, up_tolerance) {
         status_replicas
+    } else {
+        (metric / target).ceil() as i32
     }
+}
+
+/// `Tolerances.isWithin`, inclusive at both ends. NaN (0 / 0) is not within.
+fn within(ratio: f64, down_tolerance: f64, up_tolerance: f64) -> bool {
+    ((1.0 - down_tolerance)..=(1.0 + up_tolerance)).contains(&ratio)
+}
+
+/// What the controller reads at a sync besides the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// The scale subresource's `spec.replicas`: what the controller last set.
+    pub spec: i32,
+    /// The scale's `status.replicas`: pods that exist. AverageValue metrics
+    /// divide by it (upstream passes `statusReplicas`).
+    pub status: i32,
+    /// Pods Running and Ready. Value metrics multiply by it
+    /// (`getReadyPodsCount`); pods still starting don't count.
+    pub ready: i32,
+}
+
+impl Replicas {
+    /// A settled fleet: every replica exists and is ready.
+    pub fn settled(n: i32) -> Self {
+        Self {
+            spec: n,
+            status: n,
+            ready: n,
+        }
+    }
+}
+
+/// The replica count one metric proposes (horizontal.go
+/// `computeStatusForExternalMetric`).
+pub fn proposal(spec: &Spec, metric: f64, replicas: Replicas) -> i32 {
+    let (down, up) = (spec.down.tolerance, spec.up.tolerance);
+    match spec.target {
+        Target::AverageValue(target) => {
+            metric_replicas_within(metric, target, replicas.status, down, up)
+        }
+        // getUsageRatioReplicaCount, with the spec replicas as current.
+        Target::Value(target) => {
+            let ratio = metric / target;
+            if replicas.spec == 0 {
+                // "Scale to zero or n pods depending on usageRatio".
+                ratio.ceil() as i32
+            } else if within(ratio, down, up) {
+                replicas.spec
+            } else {
+                (ratio * f64::from(replicas.ready)).ceil() as i32
+            }
+        }
+    }
+}
+
+/// One direction's record of scale events (horizontal.go
+/// `timestampedScaleEvent`), for the policies' per-period limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ScaleEvents(Vec<ScaleEvent>);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ScaleEvent {
+    at: f64,
+    change: i32,
+    /// Older than this direction's longest policy period when last stored:
+    /// the slot may be reused.
+    outdated: bool,
+}
+
+impl ScaleEvents {
+    /// `storeScaleEvent` with `markScaleEventsOutdated`: events older than
+    /// the direction's longest policy period are marked outdated, and the
+    /// new event takes the last outdated slot, else is appended. So the
+    /// other direction, whose policies may look further back, no longer
+    /// sees an overwritten event.
+    fn store(&mut self, now: f64, change: i32, longest_period: f64) {
+        let cutoff = now - longest_period;
+        let mut reuse = None;
+        for (i, event) in self.0.iter_mut().enumerate() {
+            if event.at < cutoff {
+                event.outdated = true;
+            }
+            if event.outdated {
+                reuse = Some(i);
+            }
+        }
+        let event = ScaleEvent {
+            at: now,
+            change,
+            outdated: false,
+        };
+        match reuse {
+            Some(i) => self.0[i] = event,
+            None => self.0.push(event),
+        }
+    }
+
+    /// `getReplicasChangePerPeriod`: the change within the last `period`
+    /// seconds, the cutoff itself excluded.
+    fn changed_in(&self, now: f64, period: f64) -> i32 {
+        let cutoff = now - period;
+        self.0
+            .iter()
+            .filter(|e| e.at > cutoff)
+            .map(|e| e.change)
+            .sum()
+    }
+}
+
+/// `getLongestPolicyPeriod`.
+fn longest_period(rules: &Rules) -> f64 {
+    rules
+        .policies
+        .iter()
+        .map(Policy::period)
+        .fold(0.0, f64::max)
 }
 
 /// The controller's memory between syncs for one HPA.
@@ -271,53 +484,72 @@ pub struct Controller {
     recommendations: Vec<(f64, i32)>,
     /// The first sync's record of the current count has been made.
     seeded: bool,
-    up_events: Vec<(f64, i32)>,
-    down_events: Vec<(f64, i32)>,
+    /// The controller itself scaled the target to 0 (the ScaledToZero
+    /// condition), so it may scale it up from 0 again.
+    scaled_to_zero: bool,
+    up_events: ScaleEvents,
+    down_events: ScaleEvents,
 }
 
 impl Controller {
     /// One sync at time `now` (seconds): the new replica count for a metric
-    /// value, given the current (spec) replicas.
-    pub fn sync(&mut self, spec: &Spec, now: f64, metric: f64, current: i32) -> i32 {
-        // The order of horizontal.go's reconcileAutoscaler: a target scaled
-        // to 0 by hand while minReplicas is above 0 has autoscaling
-        // disabled (condition ScalingDisabled) and stays at 0; then the
-        // max and min clamps; only then the metric.
-        let desired = if current == 0 && spec.min != 0 {
+    /// value. `replicas.spec` is the current count the controller acts on.
+    pub fn sync(&mut self, spec: &Spec, now: f64, metric: f64, replicas: Replicas) -> i32 {
+        let current = replicas.spec;
+        // reconcileAutoscaler: `recordInitialRecommendation` first, on every
+        // path; the current count then holds scale-down for the window.
+        if !std::mem::replace(&mut self.seeded, true) {
+            self.recommendations.push((now, current));
+        }
+        // Then the order of reconcileAutoscaler's branches: at 0 replicas
+        // (`shouldComputeMetricsForZeroReplicas`) scaling is disabled
+        // (ScalingDisabled) unless the controller scaled the target to 0
+        // itself (the ScaledToZero condition; minReplicas 0 needs the
+        // HPAScaleToZero gate); above max or below min the count goes to
+        // the bound directly, without stabilization; else the metric.
+        let desired = if current == 0 && !self.scaled_to_zero {
             0
-        } else if current > spec.max {
+        } else if current > spec.max && current != 0 {
             spec.max
-        } else if current < spec.min {
+        } else if current < spec.min && current != 0 {
             spec.min
         } else {
-            // At 0 replicas (minReplicas 0) the ratio is infinite, never
-            // within tolerance: ceil(metric / target), as upstream.
-            let proposed = metric_replicas_within(
-                metric,
-                spec.target,
-                current,
-                spec.down.tolerance,
-                spec.up.tolerance,
-            );
-            // reconcileAutoscaler: the first sync records the current count
-            // as a recommendation, which holds scale-down for the window.
-            if !std::mem::replace(&mut self.seeded, true) {
-                self.recommendations.push((now, current));
-            }
-            if spec.has_behavior {
+            let proposed = proposal(spec, metric, replicas);
+            let normalized = if spec.has_behavior {
                 let stabilized = self.stabilize(spec, now, current, proposed);
                 self.limit(spec, now, current, stabilized)
             } else {
                 let stabilized = self.stabilize_without_behavior(now, proposed);
                 without_behavior_limit(spec, current, stabilized)
+            };
+            // "Ensure we scale to at least minReplicas when scaling from
+            // zero with increased minReplicas".
+            if current == 0 {
+                normalized.max(spec.min)
+            } else {
+                normalized
             }
         };
-        if desired > current {
-            self.up_events.push((now, desired - current));
-        } else if desired < current {
-            self.down_events.push((now, current - desired));
+        if desired != current {
+            self.scaled_to_zero = desired == 0;
         }
+        self.store_scale_event(spec, now, current, desired);
         desired
+    }
+
+    /// `storeScaleEvent`: only with `behavior`, the only path that reads
+    /// the record.
+    fn store_scale_event(&mut self, spec: &Spec, now: f64, from: i32, to: i32) {
+        if !spec.has_behavior {
+            return;
+        }
+        if to > from {
+            self.up_events
+                .store(now, to - from, longest_period(&spec.up));
+        } else if to < from {
+            self.down_events
+                .store(now, from - to, longest_period(&spec.down));
+        }
     }
 
     /// `stabilizeRecommendationWithBehaviors`: scale up to at most the
@@ -327,17 +559,25 @@ impl Controller {
         let (up_cutoff, down_cutoff) = (now - spec.up.stabilization, now - spec.down.stabilization);
         let mut up = proposed;
         let mut down = proposed;
-        for &(at, rec) in &self.recommendations {
+        let mut old = None;
+        for (i, &(at, rec)) in self.recommendations.iter().enumerate() {
             if at > up_cutoff {
                 up = up.min(rec);
             }
             if at > down_cutoff {
                 down = down.max(rec);
             }
+            if at < up_cutoff && at < down_cutoff {
+                old = Some(i);
+            }
         }
-        let keep_after = up_cutoff.min(down_cutoff);
-        self.recommendations.retain(|(at, _)| *at > keep_after);
-        self.recommendations.push((now, proposed));
+        // The new recommendation takes the last slot older than both
+        // windows, else is appended (so a record exactly at a cutoff stays,
+        // uncounted, as upstream keeps it).
+        match old {
+            Some(i) => self.recommendations[i] = (now, proposed),
+            None => self.recommendations.push((now, proposed)),
+        }
         current.max(up).min(down)
     }
 
@@ -378,17 +618,10 @@ impl Controller {
         }
     }
 
-    fn changed_in(events: &[(f64, i32)], now: f64, period: f64) -> i32 {
-        events
-            .iter()
-            .filter(|(at, _)| *at > now - period)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
+    /// The replicas at the start of a policy's period: the current count
+    /// less what either direction's record holds for that period.
     fn period_start(&self, now: f64, current: i32, period: f64) -> i32 {
-        current - Self::changed_in(&self.up_events, now, period)
-            + Self::changed_in(&self.down_events, now, period)
+        current - self.up_events.changed_in(now, period) + self.down_events.changed_in(now, period)
     }
 
     fn scale_up_limit(&self, rules: &Rules, now: f64, current: i32) -> i32 {
@@ -443,6 +676,9 @@ impl Controller {
 }
 
 #[cfg(test)]
+mod upstream_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -450,7 +686,7 @@ mod tests {
         Spec {
             min,
             max,
-            target,
+            target: Target::AverageValue(target),
             up,
             down,
             has_behavior: true,
@@ -497,7 +733,11 @@ mod tests {
             .unwrap()
         };
         for value in ["5", "5000m", "0.005k"] {
-            assert_eq!(Spec::from_hpa(&hpa(value)).unwrap().target, 5.0, "{value}");
+            assert_eq!(
+                Spec::from_hpa(&hpa(value)).unwrap().target,
+                Target::AverageValue(5.0),
+                "{value}"
+            );
         }
         assert!(Spec::from_hpa(&hpa("five")).is_err());
         assert!(other_metrics(&hpa("5")).is_empty());
@@ -525,16 +765,25 @@ mod tests {
     fn each_direction_takes_its_own_tolerance() {
         // 4 pods, target 5, 21.5 messages: a ratio of 1.075.
         let default = spec(1, 20, 5.0, Rules::default_up(), Rules::default_down());
-        assert_eq!(Controller::default().sync(&default, 0.0, 21.5, 4), 4);
+        assert_eq!(
+            Controller::default().sync(&default, 0.0, 21.5, Replicas::settled(4)),
+            4
+        );
         let eager_up = Rules {
             tolerance: 0.05,
             ..Rules::default_up()
         };
         let eager = spec(1, 20, 5.0, eager_up, Rules::default_down());
-        assert_eq!(Controller::default().sync(&eager, 0.0, 21.5, 4), 5);
+        assert_eq!(
+            Controller::default().sync(&eager, 0.0, 21.5, Replicas::settled(4)),
+            5
+        );
         // The up tolerance says nothing about going down: 18.5 (0.925)
         // stays within the default 0.1 below.
-        assert_eq!(Controller::default().sync(&eager, 0.0, 18.5, 4), 4);
+        assert_eq!(
+            Controller::default().sync(&eager, 0.0, 18.5, Replicas::settled(4)),
+            4
+        );
     }
 
     #[test]
@@ -549,20 +798,25 @@ mod tests {
         let mut current = 1;
         let mut steps = vec![];
         for sync in 0..5 {
-            current = c.sync(&legacy, f64::from(sync) * 15.0, 300.0, current);
+            current = c.sync(
+                &legacy,
+                f64::from(sync) * 15.0,
+                300.0,
+                Replicas::settled(current),
+            );
             steps.push(current);
         }
         assert_eq!(steps, [4, 8, 16, 20, 20]);
         // Scale-down waits 5 minutes, the boundary included: the 20 last
         // recommended at t = 60 holds through t = 360 and goes at 375.
-        assert_eq!(c.sync(&legacy, 360.0, 0.0, 20), 20);
-        assert_eq!(c.sync(&legacy, 375.0, 0.0, 20), 1);
+        assert_eq!(c.sync(&legacy, 360.0, 0.0, Replicas::settled(20)), 20);
+        assert_eq!(c.sync(&legacy, 375.0, 0.0, Replicas::settled(20)), 1);
         // An older, higher recommendation scales up: 2 replicas (set by
         // hand), 20 recommended within the window, a metric asking for 2.
         let mut c = Controller::default();
-        assert_eq!(c.sync(&legacy, 0.0, 100.0, 20), 20);
+        assert_eq!(c.sync(&legacy, 0.0, 100.0, Replicas::settled(20)), 20);
         assert_eq!(
-            c.sync(&legacy, 15.0, 10.0, 2),
+            c.sync(&legacy, 15.0, 10.0, Replicas::settled(2)),
             4,
             "up, limited to max(4, 4)"
         );
@@ -574,26 +828,35 @@ mod tests {
         // 5 as a recommendation, so the 300 s down window holds them.
         let s = spec(1, 20, 5.0, Rules::default_up(), Rules::default_down());
         let mut c = Controller::default();
-        assert_eq!(c.sync(&s, 0.0, 0.0, 5), 5);
-        assert_eq!(c.sync(&s, 285.0, 0.0, 5), 5);
-        assert_eq!(c.sync(&s, 300.0, 0.0, 5), 1);
+        assert_eq!(c.sync(&s, 0.0, 0.0, Replicas::settled(5)), 5);
+        assert_eq!(c.sync(&s, 285.0, 0.0, Replicas::settled(5)), 5);
+        assert_eq!(c.sync(&s, 300.0, 0.0, Replicas::settled(5)), 1);
     }
 
     #[test]
     fn zero_replicas_follow_upstream() {
-        // minReplicas 1 and a target scaled to 0: scaling is disabled,
-        // whatever the metric (horizontal.go: "ScalingDisabled").
+        // A target scaled to 0 by hand: scaling is disabled, whatever the
+        // metric and minReplicas (horizontal.go
+        // shouldComputeMetricsForZeroReplicas: "ScalingDisabled").
         let mut spec = spec(1, 20, 5.0, Rules::default_up(), Rules::default_down());
         let mut c = Controller::default();
-        assert_eq!(c.sync(&spec, 0.0, 500.0, 0), 0);
-        // minReplicas 0 (HPAScaleToZero): 5.4 against 5 is ceil(1.08) = 2,
-        // not "within tolerance of 1".
+        assert_eq!(c.sync(&spec, 0.0, 500.0, Replicas::settled(0)), 0);
         spec.min = 0;
+        spec.down.stabilization = 0.0;
         let mut c = Controller::default();
-        assert_eq!(c.sync(&spec, 0.0, 5.4, 0), 2);
+        assert_eq!(c.sync(&spec, 0.0, 5.4, Replicas::settled(0)), 0);
+        // minReplicas 0 (HPAScaleToZero) and the controller scaled to 0
+        // itself: 5.4 against 5 is then ceil(1.08) = 2 from 0, not
+        // "within tolerance of 1".
+        let mut c = Controller::default();
+        assert_eq!(c.sync(&spec, 0.0, 0.0, Replicas::settled(1)), 0);
+        let mut from_zero = c.clone();
+        assert_eq!(from_zero.sync(&spec, 15.0, 5.4, Replicas::settled(0)), 2);
         // No messages at 0 stays at 0 (0 / 0 is NaN: not within, ceil 0).
-        let mut c = Controller::default();
-        assert_eq!(c.sync(&spec, 0.0, 0.0, 0), 0);
+        assert_eq!(c.clone().sync(&spec, 15.0, 0.0, Replicas::settled(0)), 0);
+        // minReplicas raised since: at least the new min.
+        spec.min = 3;
+        assert_eq!(c.sync(&spec, 15.0, 5.4, Replicas::settled(0)), 3);
     }
 
     #[test]
@@ -609,11 +872,23 @@ mod tests {
             },
         );
         let mut c = Controller::default();
-        assert_eq!(c.sync(&s, 0.0, 1000.0, 2), 6, "clamped to max");
+        assert_eq!(
+            c.sync(&s, 0.0, 1000.0, Replicas::settled(2)),
+            6,
+            "clamped to max"
+        );
         let mut c = Controller::default();
-        assert_eq!(c.sync(&s, 0.0, 0.0, 4), 2, "clamped to min");
+        assert_eq!(
+            c.sync(&s, 0.0, 0.0, Replicas::settled(4)),
+            2,
+            "clamped to min"
+        );
         let mut c = Controller::default();
-        assert_eq!(c.sync(&s, 0.0, 0.0, 1), 2, "below min: raised to min");
+        assert_eq!(
+            c.sync(&s, 0.0, 0.0, Replicas::settled(1)),
+            2,
+            "below min: raised to min"
+        );
     }
 
     #[test]
@@ -621,12 +896,12 @@ mod tests {
         let s = spec(1, 100, 1.0, Rules::default_up(), Rules::default_down());
         let mut c = Controller::default();
         // From 1: max(1 + 4, 2 * 1) = 5.
-        assert_eq!(c.sync(&s, 0.0, 100.0, 1), 5);
+        assert_eq!(c.sync(&s, 0.0, 100.0, Replicas::settled(1)), 5);
         // 15 s later the window has passed: max(5 + 4, 10) = 10.
-        assert_eq!(c.sync(&s, 15.0, 100.0, 5), 10);
-        assert_eq!(c.sync(&s, 30.0, 100.0, 10), 20);
+        assert_eq!(c.sync(&s, 15.0, 100.0, Replicas::settled(5)), 10);
+        assert_eq!(c.sync(&s, 30.0, 100.0, Replicas::settled(10)), 20);
         // Within the same period, nothing more is allowed.
-        assert_eq!(c.sync(&s, 35.0, 100.0, 20), 20);
+        assert_eq!(c.sync(&s, 35.0, 100.0, Replicas::settled(20)), 20);
     }
 
     #[test]
@@ -638,10 +913,10 @@ mod tests {
         let s = spec(1, 100, 1.0, up, Rules::default_down());
         let mut c = Controller::default();
         // min(1 + 4, 2) = 2.
-        assert_eq!(c.sync(&s, 0.0, 100.0, 1), 2);
+        assert_eq!(c.sync(&s, 0.0, 100.0, Replicas::settled(1)), 2);
         let mut c = Controller::default();
         // From 10: min(14, 20) = 14.
-        assert_eq!(c.sync(&s, 0.0, 100.0, 10), 14);
+        assert_eq!(c.sync(&s, 0.0, 100.0, Replicas::settled(10)), 14);
     }
 
     #[test]
@@ -658,16 +933,16 @@ mod tests {
         let s = spec(1, 20, 5.0, Rules::default_up(), down);
         let mut c = Controller::default();
         assert_eq!(
-            c.sync(&s, 0.0, 50.0, 10),
+            c.sync(&s, 0.0, 50.0, Replicas::settled(10)),
             10,
             "ceil(50 / 5) = 10: no change"
         );
         // The queue empties: the recommendation is 1, but the highest within
         // the last 60 s is still 10.
-        assert_eq!(c.sync(&s, 15.0, 0.0, 10), 10);
-        assert_eq!(c.sync(&s, 45.0, 0.0, 10), 10);
+        assert_eq!(c.sync(&s, 15.0, 0.0, Replicas::settled(10)), 10);
+        assert_eq!(c.sync(&s, 45.0, 0.0, Replicas::settled(10)), 10);
         // At 75 s the 10 from t=0 is out of the window.
-        assert_eq!(c.sync(&s, 75.0, 0.0, 10), 1);
+        assert_eq!(c.sync(&s, 75.0, 0.0, Replicas::settled(10)), 1);
     }
 
     #[test]
@@ -683,9 +958,13 @@ mod tests {
         };
         let s = spec(1, 20, 5.0, Rules::default_up(), down);
         let mut c = Controller::default();
-        assert_eq!(c.sync(&s, 0.0, 0.0, 9), 4, "9 * 0.5 = 4.5, truncated");
+        assert_eq!(
+            c.sync(&s, 0.0, 0.0, Replicas::settled(9)),
+            4,
+            "9 * 0.5 = 4.5, truncated"
+        );
         // Still in the same 60 s: the period started at 9, 5 already removed.
-        assert_eq!(c.sync(&s, 15.0, 0.0, 4), 4);
-        assert_eq!(c.sync(&s, 61.0, 0.0, 4), 2);
+        assert_eq!(c.sync(&s, 15.0, 0.0, Replicas::settled(4)), 4);
+        assert_eq!(c.sync(&s, 61.0, 0.0, Replicas::settled(4)), 2);
     }
 }

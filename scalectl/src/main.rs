@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "assumptions: {} jobs at {} s, {} jobs/s for {} s; {} s per job, {} per pod at once; \
                  pods take work {} s after scale-up; stats every {} s, scrape every {} s, sync every {} s \
-                 (phases {}); HPA averageValue {}, min {}, max {}\n",
+                 (phases {});\nHPA {}\n",
                 scenario.burst,
                 scenario.burst_at,
                 scenario.rate,
@@ -198,9 +198,7 @@ fn main() -> anyhow::Result<()> {
                 scenario.scrape_interval,
                 scalectl::hpa::SYNC_PERIOD,
                 scenario.phases,
-                spec.target,
-                spec.min,
-                spec.max
+                spec,
             );
             println!(
                 "{:>7} {:>6} {:>8} {:>7} {:>9} {:>10}",
@@ -244,7 +242,7 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(path) = args.svg {
                 let title = format!(
-                    "{} jobs, HPA {} (target {} per worker, max {})",
+                    "{} jobs, HPA {} ({}, max {})",
                     args.burst,
                     args.hpa.display(),
                     spec.target,

@@ -14,7 +14,9 @@
 //! One plan fixes the phases (`Scenario::phases`); `over_phases` sweeps them
 //! and reports the best, median and worst drain.
 
-use crate::hpa::{Controller, SYNC_PERIOD, Spec};
+use std::collections::VecDeque;
+
+use crate::hpa::{Controller, Replicas, SYNC_PERIOD, Spec};
 
 const STEP: f64 = 0.1;
 
@@ -144,6 +146,13 @@ pub struct Plan {
     pub drain_time: Option<f64>,
     /// `ceil(burst / maxReplicas / concurrency) × service time`: no HPA can drain the burst faster.
     pub lower_bound: f64,
+    /// The longest any job waited in the queue before a pod took it,
+    /// seconds; `None` if some job was never taken within the horizon.
+    pub max_wait: Option<f64>,
+    /// Pod-seconds above `minReplicas`, from t = 0 until the plan ends
+    /// (back at min): what the scaling cost beyond the floor. Pods that are
+    /// starting, or finishing a job after a scale-down, count.
+    pub extra_pod_seconds: f64,
     /// When the burst arrived (the drain and the bound count from here).
     pub burst_at: f64,
 }
@@ -162,7 +171,7 @@ struct Pod {
 /// Runs the scenario against the HPA spec.
 pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let mut controller = Controller::default();
-    let mut world = World::new(scenario);
+    let mut world = World::new(scenario, spec.min);
     let mut ticks = Vec::new();
     let mut timeline = Vec::new();
     let (mut peak, mut first_scale_up) = (world.replicas, None);
@@ -177,7 +186,7 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
             timeline.push(world.snapshot(t));
         }
         if every(t, SYNC_PERIOD, scenario.phases.sync) {
-            let desired = controller.sync(spec, t, world.scraped, world.replicas);
+            let desired = controller.sync(spec, t, world.scraped, world.observed(t));
             if desired > world.replicas {
                 first_scale_up.get_or_insert(t - scenario.burst_at.min(t));
             }
@@ -197,6 +206,8 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         timeline,
         peak_replicas: peak,
         first_scale_up,
+        max_wait: (world.ready == 0 && !world.burst_pending).then_some(world.max_wait),
+        extra_pod_seconds: world.extra_pod_seconds,
         drain_time: world.drain_time,
         lower_bound: (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time,
         burst_at: scenario.burst_at,
@@ -219,6 +230,13 @@ struct World<'a> {
     replicas: i32,
     /// Messages ready in the queue.
     ready: u32,
+    /// When the ready messages arrived, oldest first, as (time, count).
+    arrivals: VecDeque<(f64, u32)>,
+    /// The longest wait so far from arrival to a pod taking the job.
+    max_wait: f64,
+    /// ∫ (pods − minReplicas) dt so far.
+    extra_pod_seconds: f64,
+    min_replicas: i32,
     burst_pending: bool,
     /// Steady-rate jobs that have arrived so far.
     rate_arrived: u32,
@@ -233,7 +251,7 @@ struct World<'a> {
 }
 
 impl<'a> World<'a> {
-    fn new(scenario: &'a Scenario) -> Self {
+    fn new(scenario: &'a Scenario, min_replicas: i32) -> Self {
         let pods = (0..scenario.initial_replicas)
             .map(|_| Pod {
                 ready_at: 0.0,
@@ -246,6 +264,10 @@ impl<'a> World<'a> {
             pods,
             replicas: scenario.initial_replicas,
             ready: 0,
+            arrivals: VecDeque::new(),
+            max_wait: 0.0,
+            extra_pod_seconds: 0.0,
+            min_replicas,
             burst_pending: true,
             rate_arrived: 0,
             total: scenario.burst + steady(scenario, scenario.rate_duration),
@@ -260,11 +282,32 @@ impl<'a> World<'a> {
     fn arrive(&mut self, t: f64) {
         if self.burst_pending && t + TIME_EPSILON >= self.scenario.burst_at {
             self.burst_pending = false;
-            self.ready += self.scenario.burst;
+            self.enqueue(self.scenario.burst_at, self.scenario.burst);
         }
         let due = steady(self.scenario, t);
-        self.ready += due - self.rate_arrived;
+        self.enqueue(t, due - self.rate_arrived);
         self.rate_arrived = due;
+        // This step's pods, for the cost (leaving ones still run).
+        self.extra_pod_seconds += (self.pods.len() as f64 - f64::from(self.min_replicas)) * STEP;
+    }
+
+    fn enqueue(&mut self, at: f64, count: u32) {
+        if count > 0 {
+            self.ready += count;
+            self.arrivals.push_back((at, count));
+        }
+    }
+
+    /// A pod takes the oldest ready job at `t`.
+    fn dequeue(&mut self, t: f64) {
+        if let Some((at, count)) = self.arrivals.front_mut() {
+            self.max_wait = self.max_wait.max(t - *at);
+            *count -= 1;
+            if *count == 0 {
+                self.arrivals.pop_front();
+            }
+        }
+        self.ready -= 1;
     }
 
     /// Finished jobs leave; pods that were removed go once idle.
@@ -281,14 +324,14 @@ impl<'a> World<'a> {
     /// is left anywhere, the drain time is recorded.
     fn assign(&mut self, t: f64) {
         let scenario = self.scenario;
-        for pod in self
-            .pods
-            .iter_mut()
-            .filter(|p| !p.leaving && p.ready_at <= t + TIME_EPSILON)
-        {
-            while self.ready > 0 && (pod.busy.len() as u32) < scenario.concurrency {
-                self.ready -= 1;
-                pod.busy.push(t + scenario.service_time);
+        for i in 0..self.pods.len() {
+            let pod = &self.pods[i];
+            if pod.leaving || pod.ready_at > t + TIME_EPSILON {
+                continue;
+            }
+            while self.ready > 0 && (self.pods[i].busy.len() as u32) < scenario.concurrency {
+                self.dequeue(t);
+                self.pods[i].busy.push(t + scenario.service_time);
             }
         }
         let drained = !self.burst_pending
@@ -328,6 +371,18 @@ impl<'a> World<'a> {
             remove(&mut self.pods, (self.replicas - desired) as usize);
         }
         self.replicas = desired;
+    }
+
+    /// What the controller reads at `t` besides the metric. Pods being
+    /// removed are terminating: not in the Deployment's `status.replicas`,
+    /// and not Ready (the bridge fails readiness as it drains).
+    fn observed(&self, t: f64) -> Replicas {
+        let staying = self.pods.iter().filter(|p| !p.leaving);
+        Replicas {
+            spec: self.replicas,
+            status: staying.clone().count() as i32,
+            ready: staying.filter(|p| p.ready_at <= t + TIME_EPSILON).count() as i32,
+        }
     }
 
     /// The state at `t`, as a table row.
@@ -450,7 +505,7 @@ mod tests {
         Spec {
             min: 1,
             max,
-            target: 5.0,
+            target: crate::hpa::Target::AverageValue(5.0),
             up: Rules::default_up(),
             down: Rules {
                 stabilization: 120.0,
