@@ -10,6 +10,7 @@ pub mod chart;
 pub mod hpa;
 pub mod load;
 pub mod plan;
+pub mod tune;
 pub mod watch;
 
 use std::path::Path;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use scalectl::plan::{Phases, Scenario, csv, over_phases, plan};
 
 #[derive(Parser)]
@@ -21,6 +22,9 @@ struct Cli {
 enum Command {
     /// Predict how an HPA scales a load: replicas, drain time, a chart.
     Plan(PlanArgs),
+    /// Find the HPA settings that meet a goal (drain time, wait) for a load
+    /// at the fewest pod-seconds; optionally write them as the HPA's YAML.
+    Tune(TuneArgs),
     /// Fire /generate at a target, at a rate or a concurrency, and summarize.
     Load(LoadArgs),
     /// Watch the HPA, the worker Deployment and the queue live; on Ctrl-C
@@ -95,47 +99,112 @@ fn plain_http_url(text: &str) -> Result<String, String> {
     }
 }
 
+/// The load and the pipeline, shared by `plan` and `tune`.
 #[derive(clap::Args)]
-struct PlanArgs {
+struct ScenarioArgs {
     /// The HPA manifest (the real file).
     #[arg(long, default_value = "manifests/hpa.yaml")]
     hpa: PathBuf,
-    /// Jobs queued at once at t = 0.
+    /// Jobs queued at once at --burst-at.
     #[arg(long, default_value_t = 300)]
     burst: u32,
     /// When the burst arrives, seconds (1 s: just after a sync and a scrape).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     burst_at: f64,
     /// A steady arrival rate, jobs per second.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     rate: f64,
     /// How long the steady rate lasts, seconds.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     rate_duration: f64,
     /// Seconds of work per job.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     service_time: f64,
     /// Jobs per pod at once (the bridge's CONCURRENCY).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
     /// Seconds from scale-up to the new pod taking work.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     pod_start: f64,
     /// RabbitMQ's collect_statistics_interval, seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     stats_interval: f64,
     /// Prometheus's scrape interval, seconds.
-    #[arg(long, default_value_t = 15.0)]
+    #[arg(long, default_value_t = 15.0, value_parser = non_negative)]
     scrape_interval: f64,
+    /// Phases per clock in the drain spread (steps³ plans; at most 20,
+    /// 8,000 plans, so that a typo can't hang the command).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
+    phase_steps: u16,
+}
+
+/// A finite number, zero or more.
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a number, zero or more")),
+    }
+}
+
+impl ScenarioArgs {
+    /// Reads the HPA, warning about what the simulation leaves out.
+    fn spec(&self) -> anyhow::Result<(HorizontalPodAutoscaler, scalectl::hpa::Spec)> {
+        let hpa = scalectl::read_hpa(&self.hpa)?;
+        let spec = scalectl::hpa::Spec::from_hpa(&hpa).context("reading the HPA")?;
+        let others = scalectl::hpa::other_metrics(&hpa);
+        if !others.is_empty() {
+            eprintln!(
+                "scalectl: not simulated: {} (the controller takes the most replicas over all metrics, so a cluster may run more than this plan)",
+                others.join(", ")
+            );
+        }
+        Ok((hpa, spec))
+    }
+
+    fn scenario(&self, phases: Phases) -> Scenario {
+        Scenario {
+            burst: self.burst,
+            burst_at: self.burst_at,
+            rate: self.rate,
+            rate_duration: self.rate_duration,
+            service_time: self.service_time,
+            concurrency: self.concurrency,
+            pod_start: self.pod_start,
+            stats_interval: self.stats_interval,
+            scrape_interval: self.scrape_interval,
+            phases,
+            ..Scenario::default()
+        }
+    }
+}
+
+/// The assumptions a plan or a tune rests on, for the printout.
+fn assumptions(scenario: &Scenario) -> String {
+    format!(
+        "assumptions: {} jobs at {} s, {} jobs/s for {} s; {} s per job, {} per pod at once; \
+         pods take work {} s after scale-up; stats every {} s, scrape every {} s, sync every {} s",
+        scenario.burst,
+        scenario.burst_at,
+        scenario.rate,
+        scenario.rate_duration,
+        scenario.service_time,
+        scenario.concurrency,
+        scenario.pod_start,
+        scenario.stats_interval,
+        scenario.scrape_interval,
+        scalectl::hpa::SYNC_PERIOD,
+    )
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    scenario: ScenarioArgs,
     /// When the stats refresh, the scrape and the HPA sync first tick,
     /// seconds: `stats,scrape,sync`. The table and chart use these; the
     /// drain spread sweeps them all.
     #[arg(long, default_value = "0,0,0")]
     phase: Phases,
-    /// Phases per clock in the drain spread (steps³ plans; at most 20,
-    /// 8,000 plans, so that a typo can't hang the command).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
-    phase_steps: u16,
     /// Write the per-sync table here (CSV).
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -144,116 +213,194 @@ struct PlanArgs {
     svg: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Load(args) => load(args),
-        Command::Watch(args) => tokio::runtime::Runtime::new()?.block_on(watch(args)),
-        Command::Plan(args) => {
-            let hpa = scalectl::read_hpa(&args.hpa)?;
-            let spec = scalectl::hpa::Spec::from_hpa(&hpa).context("reading the HPA")?;
-            // A phase is where in its period a clock first ticks.
-            for (name, phase, period) in [
-                ("stats", args.phase.stats, args.stats_interval),
-                ("scrape", args.phase.scrape, args.scrape_interval),
-                ("sync", args.phase.sync, scalectl::hpa::SYNC_PERIOD),
-            ] {
-                anyhow::ensure!(
-                    period <= 0.0 || phase < period,
-                    "--phase: the {name} phase ({phase} s) must be below its period ({period} s)"
-                );
-            }
-            let others = scalectl::hpa::other_metrics(&hpa);
-            if !others.is_empty() {
-                eprintln!(
-                    "scalectl: not simulated: {} (the controller takes the most replicas over all metrics, so a cluster may run more than this plan)",
-                    others.join(", ")
-                );
-            }
-            let scenario = Scenario {
-                burst: args.burst,
-                burst_at: args.burst_at,
-                rate: args.rate,
-                rate_duration: args.rate_duration,
-                service_time: args.service_time,
-                concurrency: args.concurrency,
-                pod_start: args.pod_start,
-                stats_interval: args.stats_interval,
-                scrape_interval: args.scrape_interval,
-                phases: args.phase,
-                ..Scenario::default()
-            };
-            let result = plan(&spec, &scenario);
-            println!(
-                "assumptions: {} jobs at {} s, {} jobs/s for {} s; {} s per job, {} per pod at once; \
-                 pods take work {} s after scale-up; stats every {} s, scrape every {} s, sync every {} s \
-                 (phases {});\nHPA {}\n",
-                scenario.burst,
-                scenario.burst_at,
-                scenario.rate,
-                scenario.rate_duration,
-                scenario.service_time,
-                scenario.concurrency,
-                scenario.pod_start,
-                scenario.stats_interval,
-                scenario.scrape_interval,
-                scalectl::hpa::SYNC_PERIOD,
-                scenario.phases,
-                spec,
-            );
-            println!(
-                "{:>7} {:>6} {:>8} {:>7} {:>9} {:>10}",
-                "t (s)", "ready", "unacked", "metric", "replicas", "ready pods"
-            );
-            for t in &result.ticks {
-                println!(
-                    "{:>7.0} {:>6} {:>8} {:>7.0} {:>9} {:>10}",
-                    t.t, t.ready, t.unacked, t.metric, t.replicas, t.ready_pods
-                );
-            }
-            let show = |v: Option<f64>| v.map_or("never".to_owned(), |s| format!("{s:.0} s"));
-            println!(
-                "\npeak replicas {}; first scale-up at {}; drained at {} (lower bound with {} workers: {:.0} s)",
-                result.peak_replicas,
-                show(result.first_scale_up),
-                show(result.drain_time),
-                spec.max,
-                result.lower_bound
-            );
-            match over_phases(&spec, &scenario, usize::from(args.phase_steps)) {
-                Some(spread) => println!(
-                    "drain over {} clock phases: best {:.0} s (--phase {}), median {:.0} s, worst {:.0} s (--phase {}){}",
-                    spread.runs,
-                    spread.best.0,
-                    spread.best.1,
-                    spread.median,
-                    spread.worst.0,
-                    spread.worst.1,
-                    if spread.undrained > 0 {
-                        format!("; {} runs never drained", spread.undrained)
-                    } else {
-                        String::new()
-                    }
-                ),
-                None => println!("drain over clock phases: no run drained within the horizon"),
-            }
-            if let Some(path) = args.csv {
-                std::fs::write(&path, csv(&result))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(path) = args.svg {
-                let title = format!(
-                    "{} jobs, HPA {} ({}, max {})",
-                    args.burst,
-                    args.hpa.display(),
-                    spec.target,
-                    spec.max
-                );
-                std::fs::write(&path, scalectl::chart::plan_svg(&result, &title)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
+#[derive(clap::Args)]
+struct TuneArgs {
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+    /// What the load must see, at every clock phase: `drain=120s` (every
+    /// job done within 120 s of the burst) or `wait=60s` (every job started
+    /// within 60 s of arriving). Repeat for several.
+    #[arg(long = "goal", required = true)]
+    goals: Vec<scalectl::tune::Goal>,
+    /// The largest maxReplicas to consider.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    max_replicas_limit: i32,
+    /// How many settings to list, cheapest first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50))]
+    top: u16,
+    /// Write the cheapest setting here, as the HPA file with its target,
+    /// maxReplicas and behavior replaced.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    // One line on failure, whatever RUST_BACKTRACE says: these are the
+    // user's inputs, not scalectl's bugs.
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scalectl: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Load(args) => load(args),
+        Command::Watch(args) => tokio::runtime::Runtime::new()?.block_on(watch(args)),
+        Command::Plan(args) => plan_command(args),
+        Command::Tune(args) => tune_command(args),
+    }
+}
+
+fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
+    let (_, spec) = args.scenario.spec()?;
+    // A phase is where in its period a clock first ticks.
+    for (name, phase, period) in [
+        ("stats", args.phase.stats, args.scenario.stats_interval),
+        ("scrape", args.phase.scrape, args.scenario.scrape_interval),
+        ("sync", args.phase.sync, scalectl::hpa::SYNC_PERIOD),
+    ] {
+        anyhow::ensure!(
+            period <= 0.0 || phase < period,
+            "--phase: the {name} phase ({phase} s) must be below its period ({period} s)"
+        );
+    }
+    let scenario = args.scenario.scenario(args.phase);
+    let result = plan(&spec, &scenario);
+    println!(
+        "{} (phases {});\nHPA {}\n",
+        assumptions(&scenario),
+        scenario.phases,
+        spec
+    );
+    println!(
+        "{:>7} {:>6} {:>8} {:>7} {:>9} {:>10}",
+        "t (s)", "ready", "unacked", "metric", "replicas", "ready pods"
+    );
+    for t in &result.ticks {
+        println!(
+            "{:>7.0} {:>6} {:>8} {:>7.0} {:>9} {:>10}",
+            t.t, t.ready, t.unacked, t.metric, t.replicas, t.ready_pods
+        );
+    }
+    println!(
+        "\npeak replicas {}; first scale-up at {}; drained at {} (lower bound with {} workers: {:.0} s); \
+         longest wait {}; {:.0} pod-seconds above min",
+        result.peak_replicas,
+        show(result.first_scale_up),
+        show(result.drain_time),
+        spec.max,
+        result.lower_bound,
+        show(result.max_wait),
+        result.extra_pod_seconds,
+    );
+    match over_phases(&spec, &scenario, usize::from(args.scenario.phase_steps)) {
+        Some(spread) => println!(
+            "drain over {} clock phases: best {:.0} s (--phase {}), median {:.0} s, worst {:.0} s (--phase {}){}",
+            spread.runs,
+            spread.best.0,
+            spread.best.1,
+            spread.median,
+            spread.worst.0,
+            spread.worst.1,
+            if spread.undrained > 0 {
+                format!("; {} runs never drained", spread.undrained)
+            } else {
+                String::new()
+            }
+        ),
+        None => println!("drain over clock phases: no run drained within the horizon"),
+    }
+    if let Some(path) = args.csv {
+        std::fs::write(&path, csv(&result))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = args.svg {
+        let title = format!(
+            "{} jobs, HPA {} ({}, max {})",
+            scenario.burst,
+            args.scenario.hpa.display(),
+            spec.target,
+            spec.max
+        );
+        std::fs::write(&path, scalectl::chart::plan_svg(&result, &title)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Seconds, or "never".
+fn show(v: Option<f64>) -> String {
+    v.map_or("never".to_owned(), |s| format!("{s:.0} s"))
+}
+
+fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
+    use scalectl::tune::{Search, evaluate, tune};
+    let (mut hpa, spec) = args.scenario.spec()?;
+    let scenario = args.scenario.scenario(Phases::default());
+    let search = Search {
+        max_replicas_limit: args.max_replicas_limit,
+        verify_steps: usize::from(args.scenario.phase_steps),
+        results: usize::from(args.top),
+        ..Search::default()
+    };
+    let goals: Vec<String> = args.goals.iter().map(|g| g.to_string()).collect();
+    println!("goal: {}", goals.join("; "));
+    println!("{}", assumptions(&scenario));
+    let runs = usize::from(args.scenario.phase_steps).pow(3);
+    println!("figures: worst over {runs} clock phases; pod-seconds above min, their mean\n");
+    let row = |name: &str, spec: &scalectl::hpa::Spec, o: &scalectl::tune::Outcome| {
+        println!(
+            "{name:<9} {:>7} {:>4} {:>6} {:>6} {:>9}  {}",
+            spec.target.value(),
+            spec.max,
+            show(o.worst_drain),
+            show(o.worst_wait),
+            format!("{:.0}", o.extra_pod_seconds),
+            spec,
+        );
+    };
+    println!(
+        "{:<9} {:>7} {:>4} {:>6} {:>6} {:>9}  HPA",
+        "", "target", "max", "drain", "wait", "pod-s"
+    );
+    let own = evaluate(&spec, &scenario, search.verify_steps);
+    row(
+        if own.meets(&args.goals) {
+            "current"
+        } else {
+            "current*"
+        },
+        &spec,
+        &own,
+    );
+    let found = tune(&spec, &scenario, &args.goals, &search)?;
+    for (i, candidate) in found.iter().enumerate() {
+        row(&format!("#{}", i + 1), &candidate.spec, &candidate.outcome);
+    }
+    if !own.meets(&args.goals) {
+        println!(
+            "\n* the current HPA ({}) misses the goal",
+            args.scenario.hpa.display()
+        );
+    }
+    if let Some(path) = args.write {
+        let best = &found[0].spec;
+        scalectl::tune::apply(best, &mut hpa)?;
+        let header = format!(
+            "# Written by `scalectl tune` from {}: {}.\n# {}.\n",
+            args.scenario.hpa.display(),
+            goals.join("; "),
+            assumptions(&scenario)
+        );
+        std::fs::write(&path, header + &serde_yaml_ng::to_string(&hpa)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nwrote #1 to {}", path.display());
+    }
+    Ok(())
 }
 
 fn load(args: LoadArgs) -> anyhow::Result<()> {

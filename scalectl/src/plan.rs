@@ -442,35 +442,50 @@ pub struct Spread {
     pub undrained: usize,
 }
 
-/// Runs the scenario with every clock at `steps` evenly spaced phases
-/// within its period (`steps`³ plans), and summarizes the drain time.
-/// `None` when no run drained.
-pub fn over_phases(spec: &Spec, scenario: &Scenario, steps: usize) -> Option<Spread> {
+/// Every combination of clock phases with `steps` evenly spaced phases per
+/// clock within its period (`steps`³ combinations), on the simulation's
+/// 0.1 s grid.
+pub fn phase_grid(scenario: &Scenario, steps: usize) -> Vec<Phases> {
     let steps = steps.max(1);
     let grid = |period: f64| -> Vec<f64> {
         (0..steps)
-            .map(|i| ((period * i as f64 / steps as f64) / STEP).round() * STEP)
+            .map(|i| tenths((period * i as f64 / steps as f64) / STEP))
             .collect()
     };
-    let mut drains = Vec::new();
-    let mut undrained = 0;
+    let mut all = Vec::with_capacity(steps.pow(3));
     for &stats in &grid(scenario.stats_interval) {
         for &scrape in &grid(scenario.scrape_interval) {
             for &sync in &grid(SYNC_PERIOD) {
-                let phases = Phases {
+                all.push(Phases {
                     stats,
                     scrape,
                     sync,
-                };
-                let run = Scenario {
-                    phases,
-                    ..scenario.clone()
-                };
-                match plan(spec, &run).drain_time {
-                    Some(drain) => drains.push((drain, phases)),
-                    None => undrained += 1,
-                }
+                });
             }
+        }
+    }
+    all
+}
+
+/// A count of 0.1 s steps as seconds, without binary noise (3.3, not
+/// 3.3000000000000003), so that phases print as they parse.
+fn tenths(steps: f64) -> f64 {
+    steps.round() / (1.0 / STEP).round()
+}
+
+/// Runs the scenario at every phase of `phase_grid` and summarizes the
+/// drain time. `None` when no run drained.
+pub fn over_phases(spec: &Spec, scenario: &Scenario, steps: usize) -> Option<Spread> {
+    let mut drains = Vec::new();
+    let mut undrained = 0;
+    for phases in phase_grid(scenario, steps) {
+        let run = Scenario {
+            phases,
+            ..scenario.clone()
+        };
+        match plan(spec, &run).drain_time {
+            Some(drain) => drains.push((drain, phases)),
+            None => undrained += 1,
         }
     }
     drains.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -1,0 +1,514 @@
+//! `scalectl tune`: which HPA settings meet a goal for a given load, at the
+//! fewest pod-seconds?
+//!
+//! The search runs `plan`'s simulation over a grid of settings: the
+//! `averageValue` target, `maxReplicas`, and the scale-up and scale-down
+//! rules (policies and stabilization window). A setting meets the goals
+//! only if it does so at every clock phase of the grid (`plan::phase_grid`),
+//! since on a cluster the phase is luck. Among those, the fewest pod-seconds
+//! above `minReplicas` (the mean over the phases) wins: what the scaling
+//! costs beyond the floor.
+//!
+//! The search is staged to stay within seconds:
+//! 1. for each target and scale-up rule, the smallest `maxReplicas` that
+//!    meets the goals (a bisection: more replicas never drain slower in
+//!    this model), with the HPA's own scale-down rule;
+//! 2. for the cheapest of those, every scale-down rule;
+//! 3. the cheapest again, re-simulated on a finer phase grid; one that
+//!    fails there is dropped.
+//!
+//! The HPA's own settings are always a candidate, so a result is never
+//! dearer than what the file has, when that meets the goals.
+
+use std::str::FromStr;
+
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior,
+    MetricTarget,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::hpa::{Policy, Rules, SYNC_PERIOD, Select, Spec, Target};
+use crate::plan::{Scenario, phase_grid, plan};
+
+/// What the load must see.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// Every job done within this many seconds of the burst (`drain=120s`).
+    Drain(f64),
+    /// Every job taken by a pod within this many seconds of arriving
+    /// (`wait=60s`).
+    Wait(f64),
+}
+
+impl FromStr for Goal {
+    type Err = String;
+
+    /// `drain=<duration>` or `wait=<duration>`, durations as humantime
+    /// reads them (`90s`, `2m`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (kind, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: want drain=<duration> or wait=<duration>"))?;
+        let seconds = humantime::parse_duration(value.trim())
+            .map_err(|e| format!("{text:?}: {e}"))?
+            .as_secs_f64();
+        match kind.trim() {
+            "drain" => Ok(Goal::Drain(seconds)),
+            "wait" => Ok(Goal::Wait(seconds)),
+            other => Err(format!("{other:?}: the goals are drain and wait")),
+        }
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goal::Drain(s) => write!(f, "every job done within {s} s of the burst"),
+            Goal::Wait(s) => write!(f, "every job started within {s} s of arriving"),
+        }
+    }
+}
+
+/// How one setting did over the phase grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The slowest drain; `None` if some run did not drain.
+    pub worst_drain: Option<f64>,
+    /// The longest wait of any job in any run; `None` if some job was never taken.
+    pub worst_wait: Option<f64>,
+    /// Pod-seconds above `minReplicas`, the mean over the runs.
+    pub extra_pod_seconds: f64,
+    /// The most replicas any run reached.
+    pub peak_replicas: i32,
+    /// Runs simulated.
+    pub runs: usize,
+}
+
+impl Outcome {
+    /// Whether every goal holds in every run.
+    pub fn meets(&self, goals: &[Goal]) -> bool {
+        goals.iter().all(|goal| match *goal {
+            Goal::Drain(limit) => self.worst_drain.is_some_and(|d| d <= limit),
+            Goal::Wait(limit) => self.worst_wait.is_some_and(|w| w <= limit),
+        })
+    }
+}
+
+/// Simulates `spec` under `scenario` at every phase of a `steps`-per-clock
+/// grid.
+pub fn evaluate(spec: &Spec, scenario: &Scenario, steps: usize) -> Outcome {
+    let grid = phase_grid(scenario, steps);
+    let mut outcome = Outcome {
+        worst_drain: Some(0.0),
+        worst_wait: Some(0.0),
+        extra_pod_seconds: 0.0,
+        peak_replicas: 0,
+        runs: grid.len(),
+    };
+    for phases in grid {
+        let run = plan(
+            spec,
+            &Scenario {
+                phases,
+                ..scenario.clone()
+            },
+        );
+        let worse = |a: Option<f64>, b: Option<f64>| Some(a?.max(b?));
+        outcome.worst_drain = worse(outcome.worst_drain, run.drain_time);
+        outcome.worst_wait = worse(outcome.worst_wait, run.max_wait);
+        outcome.extra_pod_seconds += run.extra_pod_seconds;
+        outcome.peak_replicas = outcome.peak_replicas.max(run.peak_replicas);
+    }
+    outcome.extra_pod_seconds /= outcome.runs as f64;
+    outcome
+}
+
+/// The bounds and cost of a search.
+#[derive(Debug, Clone)]
+pub struct Search {
+    /// The largest `maxReplicas` to consider (what the cluster can hold).
+    pub max_replicas_limit: i32,
+    /// Phases per clock while searching (`steps`³ runs per setting).
+    pub search_steps: usize,
+    /// Phases per clock for the final check of each result.
+    pub verify_steps: usize,
+    /// Results to return, cheapest first.
+    pub results: usize,
+}
+
+impl Default for Search {
+    fn default() -> Self {
+        Self {
+            max_replicas_limit: 100,
+            search_steps: 2,
+            verify_steps: 5,
+            results: 5,
+        }
+    }
+}
+
+/// One setting that meets the goals.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The HPA as simulated.
+    pub spec: Spec,
+    /// Its figures on the verification grid.
+    pub outcome: Outcome,
+}
+
+/// Why no setting was returned.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// Asked for nothing.
+    #[error("give at least one goal (--goal drain=120s, --goal wait=60s)")]
+    NoGoal,
+    /// Nothing in the search space meets the goals.
+    #[error(
+        "no setting up to maxReplicas {limit} meets the goals; the closest found: {closest}. \
+         Relax the goal, raise --max-replicas-limit, or raise minReplicas (the first scale-up \
+         waits for the metric pipeline)"
+    )]
+    Unreachable {
+        /// The search's `maxReplicas` bound.
+        limit: i32,
+        /// The best worst-case drain and wait found, and the physical bound.
+        closest: String,
+    },
+}
+
+/// The `averageValue` targets searched.
+const TARGETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0];
+/// The `maxReplicas` values searched (up to the limit, which is added).
+const MAXES: &[i32] = &[
+    1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200,
+];
+
+/// The scale-up rules searched: no window, the larger of a Percent and a
+/// Pods step per sync period (the API default is 100 % and 4 pods).
+fn up_rules() -> Vec<Rules> {
+    [
+        (100, 4),
+        (100, 10),
+        (200, 4),
+        (200, 10),
+        (400, 20),
+        (900, 50),
+    ]
+    .into_iter()
+    .map(|(percent, pods)| Rules {
+        stabilization: 0.0,
+        policies: vec![
+            Policy::Percent {
+                value: percent,
+                period: SYNC_PERIOD,
+            },
+            Policy::Pods {
+                value: pods,
+                period: SYNC_PERIOD,
+            },
+        ],
+        select: Select::Max,
+        tolerance: crate::hpa::TOLERANCE,
+    })
+    .collect()
+}
+
+/// The scale-down rules searched: a stabilization window with either half
+/// the pods a minute or all of them per sync period.
+fn down_rules() -> Vec<Rules> {
+    let mut all = vec![];
+    for window in [0.0, 30.0, 60.0, 120.0, 300.0] {
+        for policy in [
+            Policy::Percent {
+                value: 50,
+                period: 60.0,
+            },
+            Policy::Percent {
+                value: 100,
+                period: SYNC_PERIOD,
+            },
+        ] {
+            all.push(Rules {
+                stabilization: window,
+                policies: vec![policy],
+                select: Select::Max,
+                tolerance: crate::hpa::TOLERANCE,
+            });
+        }
+    }
+    all
+}
+
+/// Searches for settings that meet `goals` under `scenario`, cheapest
+/// first. `base` supplies what the search keeps (minReplicas, tolerances)
+/// and is itself a candidate.
+pub fn tune(
+    base: &Spec,
+    scenario: &Scenario,
+    goals: &[Goal],
+    search: &Search,
+) -> Result<Vec<Candidate>, TuneError> {
+    if goals.is_empty() {
+        return Err(TuneError::NoGoal);
+    }
+    let limit = search.max_replicas_limit.max(base.min).max(1);
+    let mut maxes: Vec<i32> = MAXES
+        .iter()
+        .copied()
+        .filter(|m| (base.min.max(1)..=limit).contains(m))
+        .chain([limit])
+        .collect();
+    maxes.dedup();
+    let at = |target: f64, max: i32, up: &Rules, down: &Rules| Spec {
+        min: base.min,
+        max,
+        target: Target::AverageValue(target),
+        up: Rules {
+            tolerance: base.up.tolerance,
+            ..up.clone()
+        },
+        down: Rules {
+            tolerance: base.down.tolerance,
+            ..down.clone()
+        },
+        has_behavior: true,
+    };
+    let coarse = |spec: &Spec| evaluate(spec, scenario, search.search_steps);
+
+    // Stage 1: the smallest maxReplicas per target and scale-up rule.
+    let mut found: Vec<(Spec, Outcome)> = vec![];
+    let mut closest = Closest::default();
+    let base_down = if base.has_behavior {
+        base.down.clone()
+    } else {
+        Rules::default_down()
+    };
+    for &target in TARGETS {
+        for up in up_rules() {
+            let top = at(target, *maxes.last().unwrap_or(&limit), &up, &base_down);
+            let outcome = coarse(&top);
+            closest.note(&outcome);
+            if !outcome.meets(goals) {
+                continue;
+            }
+            // Bisect for the smallest max that still meets the goals.
+            let (mut lo, mut hi) = (0, maxes.len() - 1);
+            let mut best = (top, outcome);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let spec = at(target, maxes[mid], &up, &base_down);
+                let outcome = coarse(&spec);
+                if outcome.meets(goals) {
+                    best = (spec, outcome);
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            found.push(best);
+        }
+    }
+    let own = coarse(base);
+    if own.meets(goals) {
+        found.push((base.clone(), own));
+    }
+    if found.is_empty() {
+        return Err(closest.unreachable(limit, scenario));
+    }
+    by_cost(&mut found);
+
+    // Stage 2: every scale-down rule for the cheapest few.
+    let mut refined = found.clone();
+    for (spec, _) in found.iter().take(search.results.max(1)) {
+        if !spec.has_behavior {
+            continue;
+        }
+        for down in down_rules() {
+            let candidate = Spec {
+                down: Rules {
+                    tolerance: spec.down.tolerance,
+                    ..down
+                },
+                ..spec.clone()
+            };
+            let outcome = coarse(&candidate);
+            if outcome.meets(goals) {
+                refined.push((candidate, outcome));
+            }
+        }
+    }
+    by_cost(&mut refined);
+
+    // Stage 3: re-simulate the cheapest on the finer grid. The coarse
+    // grid's worst case can be kinder than the fine one's, so if none
+    // holds there, the error reports the fine figures.
+    let mut closest = Closest::default();
+    let mut results = vec![];
+    for (spec, _) in refined {
+        if results.len() >= search.results.max(1) {
+            break;
+        }
+        if results.iter().any(|c: &Candidate| c.spec == spec) {
+            continue;
+        }
+        let outcome = evaluate(&spec, scenario, search.verify_steps);
+        closest.note(&outcome);
+        if outcome.meets(goals) {
+            results.push(Candidate { spec, outcome });
+        }
+    }
+    if results.is_empty() {
+        return Err(closest.unreachable(limit, scenario));
+    }
+    results.sort_by(|a, b| {
+        a.outcome
+            .extra_pod_seconds
+            .total_cmp(&b.outcome.extra_pod_seconds)
+    });
+    Ok(results)
+}
+
+/// The best worst-case figures seen, for the error when nothing meets the goals.
+#[derive(Default)]
+struct Closest {
+    drain: Option<f64>,
+    wait: Option<f64>,
+}
+
+impl Closest {
+    fn note(&mut self, outcome: &Outcome) {
+        let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.drain = best(self.drain, outcome.worst_drain);
+        self.wait = best(self.wait, outcome.worst_wait);
+    }
+
+    fn unreachable(&self, limit: i32, scenario: &Scenario) -> TuneError {
+        let show = |v: Option<f64>| v.map_or("never".to_owned(), |s| format!("{s:.0} s"));
+        let mut closest = format!(
+            "worst drain {}, worst wait {}",
+            show(self.drain),
+            show(self.wait)
+        );
+        if scenario.burst > 0 {
+            let per_round = f64::from(limit as u32 * scenario.concurrency.max(1));
+            let bound = (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time;
+            closest +=
+                &format!(" (no HPA drains the burst with {limit} workers in under {bound:.0} s)");
+        }
+        TuneError::Unreachable { limit, closest }
+    }
+}
+
+/// Cheapest first; ties to the fewer replicas, then the higher target.
+fn by_cost(list: &mut [(Spec, Outcome)]) {
+    list.sort_by(|(sa, a), (sb, b)| {
+        a.extra_pod_seconds
+            .total_cmp(&b.extra_pod_seconds)
+            .then(sa.max.cmp(&sb.max))
+            .then(sb.target.value().total_cmp(&sa.target.value()))
+    });
+}
+
+/// Writes `spec`'s target, maxReplicas and behavior into `hpa` (its first
+/// External metric), keeping everything else.
+pub fn apply(spec: &Spec, hpa: &mut HorizontalPodAutoscaler) -> anyhow::Result<()> {
+    let hpa_spec = hpa
+        .spec
+        .as_mut()
+        .ok_or_else(|| anyhow::anyhow!("the HPA has no spec"))?;
+    hpa_spec.max_replicas = spec.max;
+    let external = hpa_spec
+        .metrics
+        .iter_mut()
+        .flatten()
+        .find_map(|m| m.external.as_mut())
+        .ok_or_else(|| anyhow::anyhow!("the HPA has no External metric"))?;
+    let (type_, value) = match spec.target {
+        Target::AverageValue(v) => ("AverageValue", v),
+        Target::Value(v) => ("Value", v),
+    };
+    let quantity = Some(Quantity(quantity(value)));
+    external.target = MetricTarget {
+        type_: type_.to_owned(),
+        average_value: if type_ == "AverageValue" {
+            quantity.clone()
+        } else {
+            None
+        },
+        value: if type_ == "Value" { quantity } else { None },
+        average_utilization: None,
+    };
+    hpa_spec.behavior = spec.has_behavior.then(|| HorizontalPodAutoscalerBehavior {
+        scale_up: Some(api_rules(&spec.up)),
+        scale_down: Some(api_rules(&spec.down)),
+    });
+    Ok(())
+}
+
+/// A quantity as Kubernetes writes it: `5`, or `2500m` for 2.5.
+fn quantity(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{:.0}m", value * 1000.0)
+    }
+}
+
+fn api_rules(rules: &Rules) -> HPAScalingRules {
+    HPAScalingRules {
+        stabilization_window_seconds: Some(rules.stabilization as i32),
+        select_policy: Some(
+            match rules.select {
+                Select::Max => "Max",
+                Select::Min => "Min",
+                Select::Disabled => "Disabled",
+            }
+            .to_owned(),
+        ),
+        policies: Some(
+            rules
+                .policies
+                .iter()
+                .map(|p| match *p {
+                    Policy::Pods { value, period } => HPAScalingPolicy {
+                        type_: "Pods".into(),
+                        value,
+                        period_seconds: period as i32,
+                    },
+                    Policy::Percent { value, period } => HPAScalingPolicy {
+                        type_: "Percent".into(),
+                        value,
+                        period_seconds: period as i32,
+                    },
+                })
+                .collect(),
+        ),
+        tolerance: (rules.tolerance != crate::hpa::TOLERANCE)
+            .then(|| Quantity(quantity(rules.tolerance))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_parse() {
+        assert_eq!("drain=2m".parse::<Goal>(), Ok(Goal::Drain(120.0)));
+        assert_eq!("wait=45s".parse::<Goal>(), Ok(Goal::Wait(45.0)));
+        for bad in ["drain", "drain=fast", "latency=5s", "=5s"] {
+            assert!(bad.parse::<Goal>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quantities_are_written_as_kubernetes_does() {
+        assert_eq!(quantity(5.0), "5");
+        assert_eq!(quantity(2.5), "2500m");
+        assert_eq!(crate::watch::parse_quantity(&quantity(0.05)), Some(0.05));
+    }
+}
