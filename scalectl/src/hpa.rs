@@ -393,26 +393,43 @@ impl Replicas {
 }
 
 /// The replica count one metric proposes (horizontal.go
-/// `computeStatusForExternalMetric`).
-pub fn proposal(spec: &Spec, metric: f64, replicas: Replicas) -> i32 {
+/// `computeStatusForExternalMetric`); `None` when upstream could not compute
+/// it (a Value target with no pods to count: `getReadyPodsCount` fails).
+pub fn proposal(spec: &Spec, metric: f64, replicas: Replicas) -> Option<i32> {
     let (down, up) = (spec.down.tolerance, spec.up.tolerance);
     match spec.target {
-        Target::AverageValue(target) => {
-            metric_replicas_within(metric, target, replicas.status, down, up)
-        }
+        Target::AverageValue(target) => Some(metric_replicas_within(
+            metric,
+            target,
+            replicas.status,
+            down,
+            up,
+        )),
         // getUsageRatioReplicaCount, with the spec replicas as current.
         Target::Value(target) => {
             let ratio = metric / target;
             if replicas.spec == 0 {
                 // "Scale to zero or n pods depending on usageRatio".
-                ratio.ceil() as i32
+                Some(ratio.ceil() as i32)
             } else if within(ratio, down, up) {
-                replicas.spec
+                Some(replicas.spec)
+            } else if replicas.status == 0 {
+                None
             } else {
-                (ratio * f64::from(replicas.ready)).ceil() as i32
+                Some((ratio * f64::from(replicas.ready)).ceil() as i32)
             }
         }
     }
+}
+
+/// `computeReplicasForMetrics`: the largest proposal among the metrics that
+/// could be read. `None`, no scaling at this sync, when none could, or when
+/// some could not and the rest would scale below `spec_replicas` (no
+/// scale-down on partial data).
+pub fn combine(proposals: &[Option<i32>], spec_replicas: i32) -> Option<i32> {
+    let largest = proposals.iter().flatten().copied().max()?;
+    let unread = proposals.iter().any(Option::is_none);
+    (!unread || largest >= spec_replicas).then_some(largest)
 }
 
 /// One direction's record of scale events (horizontal.go
@@ -495,6 +512,20 @@ impl Controller {
     /// One sync at time `now` (seconds): the new replica count for a metric
     /// value. `replicas.spec` is the current count the controller acts on.
     pub fn sync(&mut self, spec: &Spec, now: f64, metric: f64, replicas: Replicas) -> i32 {
+        self.sync_proposals(spec, now, replicas, &[proposal(spec, metric, replicas)])
+    }
+
+    /// The same for an HPA with several metrics, given each metric's
+    /// proposal (`None` for one that could not be read): upstream scales on
+    /// the largest (`combine`). The plan simulates only the queue metric;
+    /// this is the controller's side of the rest.
+    pub fn sync_proposals(
+        &mut self,
+        spec: &Spec,
+        now: f64,
+        replicas: Replicas,
+        proposals: &[Option<i32>],
+    ) -> i32 {
         let current = replicas.spec;
         // reconcileAutoscaler: `recordInitialRecommendation` first, on every
         // path; the current count then holds scale-down for the window.
@@ -514,7 +545,11 @@ impl Controller {
         } else if current < spec.min && current != 0 {
             spec.min
         } else {
-            let proposed = proposal(spec, metric, replicas);
+            // An unreadable metric set ends the sync before normalization:
+            // nothing recorded, nothing scaled.
+            let Some(proposed) = combine(proposals, current) else {
+                return current;
+            };
             let normalized = if spec.has_behavior {
                 let stabilized = self.stabilize(spec, now, current, proposed);
                 self.limit(spec, now, current, stabilized)

@@ -602,6 +602,55 @@ mod tests {
     }
 
     #[test]
+    fn a_value_target_multiplies_the_ready_pods() {
+        // hpa.yaml's reason for AverageValue: with `Value: 5` the proposal is
+        // ceil(queue / 5 × ready pods), so 20 ready pods and 50 jobs still
+        // ask for 200 (clamped to max), where averageValue asks for 10.
+        let average = spec(20);
+        let value = Spec {
+            target: crate::hpa::Target::Value(5.0),
+            ..spec(20)
+        };
+        let ready = Replicas::settled(20);
+        assert_eq!(crate::hpa::proposal(&average, 50.0, ready), Some(10));
+        assert_eq!(crate::hpa::proposal(&value, 50.0, ready), Some(200));
+        // So the fleet stays at max until the queue is nearly empty: the
+        // same burst costs more pod-seconds.
+        let (a, v) = (
+            plan(&average, &Scenario::default()),
+            plan(&value, &Scenario::default()),
+        );
+        assert_eq!(v.peak_replicas, 20);
+        assert!(
+            v.extra_pod_seconds > a.extra_pod_seconds,
+            "Value {} vs AverageValue {} pod-seconds",
+            v.extra_pod_seconds,
+            a.extra_pod_seconds
+        );
+    }
+
+    #[test]
+    fn waits_and_pod_seconds_are_counted() {
+        // One worker, no scaling room (max 1), 4 jobs of 5 s at 1 s: the
+        // last starts at 16 s, 15 s after arriving; one pod at min costs
+        // nothing extra.
+        let scenario = Scenario {
+            burst: 4,
+            ..Scenario::default()
+        };
+        let result = plan(&spec(1), &scenario);
+        assert_eq!(result.max_wait, Some(15.0));
+        assert_eq!(result.drain_time, Some(20.0));
+        assert_eq!(result.extra_pod_seconds, 0.0);
+        // A job never taken has no wait to report.
+        let stuck = Scenario {
+            horizon: 5.0,
+            ..scenario
+        };
+        assert_eq!(plan(&spec(1), &stuck).max_wait, None);
+    }
+
+    #[test]
     fn no_load_no_scaling() {
         let scenario = Scenario {
             burst: 0,

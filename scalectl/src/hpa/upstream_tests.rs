@@ -241,7 +241,7 @@ fn replica_calc_external_cases() {
         };
         assert_eq!(
             proposal(&spec, milli / 1000.0, replicas),
-            expected,
+            Some(expected),
             "{name}"
         );
     }
@@ -1114,4 +1114,30 @@ fn store_scale_events() {
             assert_eq!(got, after, "{name} (up: {up})");
         }
     }
+}
+
+/// TestScaleUpOneMetricInvalid, TestNoScaleDownOneMetricInvalid and
+/// TestScaleUpOneMetricEmpty (computeReplicasForMetrics): with one metric
+/// unreadable, a scale-up on the others goes ahead; a scale-down does not.
+/// The readable metric's proposals (CPU there) are given directly.
+#[test]
+fn one_metric_invalid() {
+    let spec = spec_with(2, 6, None, None);
+    // 3 replicas, CPU proposes 4, the second metric unreadable: 4.
+    let mut c = Controller::default();
+    assert_eq!(
+        c.sync_proposals(&spec, NOW, Replicas::settled(3), &[Some(4), None]),
+        4
+    );
+    // 5 replicas, CPU proposes 3: no scale-down on partial data.
+    let mut c = Controller::default();
+    assert_eq!(
+        c.sync_proposals(&spec, NOW, Replicas::settled(5), &[Some(3), None]),
+        5
+    );
+    // Every metric unreadable: no change either way.
+    assert_eq!(combine(&[None, None], 5), None);
+    // All readable: the largest wins, up or down.
+    assert_eq!(combine(&[Some(3), Some(2)], 5), Some(3));
+    assert_eq!(combine(&[Some(3), Some(7)], 5), Some(7));
 }
