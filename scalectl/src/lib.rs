@@ -2,6 +2,8 @@
 //!
 //! - `plan` (`hpa`, `plan`, `chart`): predicts how an HPA scales a load,
 //!   before deploying it.
+//! - `tune`: searches for the HPA settings that meet a goal for a load at
+//!   the fewest pod-seconds.
 //! - `load`: fires `/generate` at a target and summarizes the answers.
 //! - `watch`: a live view of the HPA, the Deployment and the queue, kept as a
 //!   timeline (CSV, SVG).

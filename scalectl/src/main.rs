@@ -271,7 +271,7 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
     let scenario = args.scenario.scenario(args.phase);
     let result = plan(&spec, &scenario);
     println!(
-        "{} (phases {});\nHPA {}\n",
+        "{} (phases {})\nHPA {}\n",
         assumptions(&scenario),
         scenario.phases,
         spec
