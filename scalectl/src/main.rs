@@ -161,8 +161,8 @@ impl ScenarioArgs {
         Ok((hpa, spec))
     }
 
-    fn scenario(&self, phases: Phases) -> Scenario {
-        Scenario {
+    fn scenario(&self, phases: Phases) -> anyhow::Result<Scenario> {
+        let scenario = Scenario {
             burst: self.burst,
             burst_at: self.burst_at,
             rate: self.rate,
@@ -174,7 +174,9 @@ impl ScenarioArgs {
             scrape_interval: self.scrape_interval,
             phases,
             ..Scenario::default()
-        }
+        };
+        scenario.validate().map_err(anyhow::Error::msg)?;
+        Ok(scenario)
     }
 }
 
@@ -268,7 +270,7 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
             "--phase: the {name} phase ({phase} s) must be below its period ({period} s)"
         );
     }
-    let scenario = args.scenario.scenario(args.phase);
+    let scenario = args.scenario.scenario(args.phase)?;
     let result = plan(&spec, &scenario);
     println!(
         "{} (phases {})\nHPA {}\n",
@@ -340,7 +342,7 @@ fn show(v: Option<f64>) -> String {
 fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
     use scalectl::tune::{Search, evaluate, tune};
     let (mut hpa, spec) = args.scenario.spec()?;
-    let scenario = args.scenario.scenario(Phases::default());
+    let scenario = args.scenario.scenario(Phases::default())?;
     let search = Search {
         max_replicas_limit: args.max_replicas_limit,
         verify_steps: usize::from(args.scenario.phase_steps),

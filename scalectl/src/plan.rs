@@ -95,6 +95,38 @@ impl std::str::FromStr for Phases {
     }
 }
 
+impl Scenario {
+    /// Refuses a scenario the simulation can't answer: clocks that never
+    /// tick, or load that arrives after the horizon.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, interval) in [
+            ("the stats interval", self.stats_interval),
+            ("the scrape interval", self.scrape_interval),
+        ] {
+            if !(interval.is_finite() && interval >= STEP) {
+                return Err(format!(
+                    "{name} must be at least {STEP} s (the simulation's step), not {interval}"
+                ));
+            }
+        }
+        if self.concurrency == 0 {
+            return Err("a pod must take at least one job at once".into());
+        }
+        let last_arrival = self.burst_at.max(if self.rate > 0.0 {
+            self.rate_duration
+        } else {
+            0.0
+        });
+        if last_arrival >= self.horizon {
+            return Err(format!(
+                "the load arrives until {last_arrival} s, past the simulation's horizon of {} s",
+                self.horizon
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Scenario {
     fn default() -> Self {
         Self {
@@ -577,6 +609,32 @@ mod tests {
         assert_eq!(plan_at(spread.best.1).drain_time, Some(best));
         let text = spread.worst.1.to_string();
         assert_eq!(text.parse::<Phases>(), Ok(spread.worst.1));
+    }
+
+    #[test]
+    fn scenarios_it_cannot_answer_are_refused() {
+        assert_eq!(Scenario::default().validate(), Ok(()));
+        for bad in [
+            Scenario {
+                stats_interval: 0.0,
+                ..Scenario::default()
+            },
+            Scenario {
+                scrape_interval: f64::NAN,
+                ..Scenario::default()
+            },
+            Scenario {
+                burst_at: 4000.0,
+                ..Scenario::default()
+            },
+            Scenario {
+                rate: 1.0,
+                rate_duration: 3600.0,
+                ..Scenario::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

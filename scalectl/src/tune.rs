@@ -17,8 +17,9 @@
 //! 3. the cheapest again, re-simulated on a finer phase grid; one that
 //!    fails there is dropped.
 //!
-//! The HPA's own settings are always a candidate, so a result is never
-//! dearer than what the file has, when that meets the goals.
+//! The HPA's own settings are a candidate (within the `maxReplicas`
+//! limit), so a result is never dearer than what the file has, when that
+//! meets the goals.
 
 use std::str::FromStr;
 
@@ -163,6 +164,9 @@ pub enum TuneError {
     /// Asked for nothing.
     #[error("give at least one goal (--goal drain=120s, --goal wait=60s)")]
     NoGoal,
+    /// The scenario can't be simulated (`Scenario::validate`).
+    #[error("{0}")]
+    Scenario(String),
     /// Nothing in the search space meets the goals.
     #[error(
         "no setting up to maxReplicas {limit} meets the goals; the closest found: {closest}. \
@@ -252,6 +256,7 @@ pub fn tune(
     if goals.is_empty() {
         return Err(TuneError::NoGoal);
     }
+    scenario.validate().map_err(TuneError::Scenario)?;
     let limit = search.max_replicas_limit.max(base.min).max(1);
     let mut maxes: Vec<i32> = MAXES
         .iter()
@@ -309,8 +314,9 @@ pub fn tune(
             found.push(best);
         }
     }
+    // The file's own settings, unless they are past the limit asked for.
     let own = coarse(base);
-    if own.meets(goals) {
+    if base.max <= limit && own.meets(goals) {
         found.push((base.clone(), own));
     }
     if found.is_empty() {
