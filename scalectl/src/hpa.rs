@@ -153,14 +153,6 @@ impl Target {
             Target::AverageValue(v) | Target::Value(v) => v,
         }
     }
-
-    /// The same type of target at another value.
-    pub fn with_value(self, value: f64) -> Self {
-        match self {
-            Target::AverageValue(_) => Target::AverageValue(value),
-            Target::Value(_) => Target::Value(value),
-        }
-    }
 }
 
 impl std::fmt::Display for Target {

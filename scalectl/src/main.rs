@@ -1,5 +1,6 @@
 //! scalectl's entry point: parse the subcommand, run it.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -241,6 +242,15 @@ fn main() -> std::process::ExitCode {
     // user's inputs, not scalectl's bugs.
     match run(Cli::parse().command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `scalectl plan | head`: the reader left; nothing went wrong.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("scalectl: {e:#}");
             std::process::ExitCode::FAILURE
@@ -258,6 +268,9 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
+    // Written, not println!: a closed pipe (`| head`) ends the command
+    // quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
     let (_, spec) = args.scenario.spec()?;
     // A phase is where in its period a clock first ticks.
     for (name, phase, period) in [
@@ -272,23 +285,27 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
     }
     let scenario = args.scenario.scenario(args.phase)?;
     let result = plan(&spec, &scenario);
-    println!(
+    writeln!(
+        out,
         "{} (phases {})\nHPA {}\n",
         assumptions(&scenario),
         scenario.phases,
         spec
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:>7} {:>6} {:>8} {:>7} {:>9} {:>10}",
         "t (s)", "ready", "unacked", "metric", "replicas", "ready pods"
-    );
+    )?;
     for t in &result.ticks {
-        println!(
+        writeln!(
+            out,
             "{:>7.0} {:>6} {:>8} {:>7.0} {:>9} {:>10}",
             t.t, t.ready, t.unacked, t.metric, t.replicas, t.ready_pods
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "\npeak replicas {}; first scale-up at {}; drained at {} (lower bound with {} workers: {:.0} s); \
          longest wait {}; {:.0} pod-seconds above min",
         result.peak_replicas,
@@ -298,9 +315,10 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
         result.lower_bound,
         show(result.max_wait),
         result.extra_pod_seconds,
-    );
+    )?;
     match over_phases(&spec, &scenario, usize::from(args.scenario.phase_steps)) {
-        Some(spread) => println!(
+        Some(spread) => writeln!(
+            out,
             "drain over {} clock phases: best {:.0} s (--phase {}), median {:.0} s, worst {:.0} s (--phase {}){}",
             spread.runs,
             spread.best.0,
@@ -313,8 +331,11 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<()> {
             } else {
                 String::new()
             }
-        ),
-        None => println!("drain over clock phases: no run drained within the horizon"),
+        )?,
+        None => writeln!(
+            out,
+            "drain over clock phases: no run drained within the horizon"
+        )?,
     }
     if let Some(path) = args.csv {
         std::fs::write(&path, csv(&result))
@@ -340,7 +361,10 @@ fn show(v: Option<f64>) -> String {
 }
 
 fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
+    // Written, not println!: a closed pipe (`| head`) ends the command
+    // quietly instead of panicking.
     use scalectl::tune::{Search, evaluate, tune};
+    let mut out = std::io::stdout().lock();
     let (mut hpa, spec) = args.scenario.spec()?;
     let scenario = args.scenario.scenario(Phases::default())?;
     let search = Search {
@@ -350,12 +374,15 @@ fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
         ..Search::default()
     };
     let goals: Vec<String> = args.goals.iter().map(|g| g.to_string()).collect();
-    println!("goal: {}", goals.join("; "));
-    println!("{}", assumptions(&scenario));
+    writeln!(out, "goal: {}", goals.join("; "))?;
+    writeln!(out, "{}", assumptions(&scenario))?;
     let runs = usize::from(args.scenario.phase_steps).pow(3);
-    println!("figures: worst over {runs} clock phases; pod-seconds above min, their mean\n");
+    writeln!(
+        out,
+        "figures: worst over {runs} clock phases; pod-seconds above min, their mean\n"
+    )?;
     let row = |name: &str, spec: &scalectl::hpa::Spec, o: &scalectl::tune::Outcome| {
-        println!(
+        format!(
             "{name:<9} {:>7} {:>4} {:>6} {:>6} {:>9}  {}",
             spec.target.value(),
             spec.max,
@@ -363,31 +390,31 @@ fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
             show(o.worst_wait),
             format!("{:.0}", o.extra_pod_seconds),
             spec,
-        );
+        )
     };
-    println!(
+    writeln!(
+        out,
         "{:<9} {:>7} {:>4} {:>6} {:>6} {:>9}  HPA",
         "", "target", "max", "drain", "wait", "pod-s"
-    );
+    )?;
     let own = evaluate(&spec, &scenario, search.verify_steps);
-    row(
-        if own.meets(&args.goals) {
-            "current"
-        } else {
-            "current*"
-        },
-        &spec,
-        &own,
-    );
+    let name = if own.meets(&args.goals) {
+        "current"
+    } else {
+        "current*"
+    };
+    writeln!(out, "{}", row(name, &spec, &own))?;
     let found = tune(&spec, &scenario, &args.goals, &search)?;
     for (i, candidate) in found.iter().enumerate() {
-        row(&format!("#{}", i + 1), &candidate.spec, &candidate.outcome);
+        let name = format!("#{}", i + 1);
+        writeln!(out, "{}", row(&name, &candidate.spec, &candidate.outcome))?;
     }
     if !own.meets(&args.goals) {
-        println!(
+        writeln!(
+            out,
             "\n* the current HPA ({}) misses the goal",
             args.scenario.hpa.display()
-        );
+        )?;
     }
     if let Some(path) = args.write {
         let best = &found[0].spec;
@@ -400,7 +427,7 @@ fn tune_command(args: TuneArgs) -> anyhow::Result<()> {
         );
         std::fs::write(&path, header + &serde_yaml_ng::to_string(&hpa)?)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("\nwrote #1 to {}", path.display());
+        writeln!(out, "\nwrote #1 to {}", path.display())?;
     }
     Ok(())
 }

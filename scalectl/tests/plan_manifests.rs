@@ -132,3 +132,21 @@ fn the_plan_command_prints_the_spread_and_refuses_bad_phases() -> anyhow::Result
     }
     Ok(())
 }
+
+/// `scalectl plan | head -1`, at its worst: the reader is gone before
+/// plan writes a byte. plan ends quietly with success, not with a panic
+/// about a broken pipe (exit 101).
+#[test]
+fn a_reader_that_leaves_early_ends_the_plan_quietly() -> anyhow::Result<()> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalectl"))
+        .args(["plan", "--phase-steps", "1"])
+        .current_dir(ROOT)
+        .stdout(writer)
+        .output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
