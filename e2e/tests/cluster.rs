@@ -188,15 +188,33 @@ impl Rig {
         // Whatever is still queued (a 504 that was queued after all, a
         // redelivery) reaches the worker too before the queue is empty.
         let inspector = Inspector::connect_to(&self.cluster.running()?.amqp_url()).await?;
-        testkit::eventually("the queue to drain", Duration::from_secs(60), || async {
-            let mut held = 0.0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut held = Vec::new();
             for c in &self.consumers {
-                held += c.metric("host_bridge_jobs_in_flight", &[]).await;
+                held.push(c.metric("host_bridge_jobs_in_flight", &[]).await);
             }
-            let ready = inspector.ready(&self.queue).await.ok()?;
-            (ready == 0 && held == 0.0).then_some(())
-        })
-        .await;
+            let ready = inspector.ready(&self.queue).await;
+            if matches!(ready, Ok(0)) && held.iter().all(|h| *h == 0.0) {
+                break;
+            }
+            if Instant::now() > deadline {
+                // Say where the work is stuck: the queue, or which consumer.
+                let mut state = Vec::new();
+                for c in &self.consumers {
+                    let readyz = c.admin("/readyz").await.map(|(_, b)| b);
+                    let jobs = c.metric("host_bridge_jobs_total", &[]).await;
+                    let reconnects = c.metric("host_bridge_reconnects_total", &[]).await;
+                    state.push(format!(
+                        "readyz {readyz:?}, jobs {jobs}, reconnects {reconnects}"
+                    ));
+                }
+                anyhow::bail!(
+                    "{test}: the queue did not drain in 60 s: ready {ready:?}, in flight per consumer {held:?}; consumers: {state:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         while let Ok(push) = self.worker.pushes.try_recv() {
             if (200..300).contains(&push.status) {
                 *processed.entry(push.id).or_default() += 1;
