@@ -43,7 +43,7 @@ pub struct Scenario {
     pub stats_interval: f64,
     /// Prometheus's scrape interval, seconds.
     pub scrape_interval: f64,
-    /// Replicas at t = 0.
+    /// Replicas at t = 0 (raised to the HPA's minReplicas).
     pub initial_replicas: i32,
     /// Give up after this many seconds.
     pub horizon: f64,
@@ -284,7 +284,10 @@ struct World<'a> {
 
 impl<'a> World<'a> {
     fn new(scenario: &'a Scenario, min_replicas: i32) -> Self {
-        let pods = (0..scenario.initial_replicas)
+        // The fleet idles at minReplicas when the load comes: fewer would
+        // be raised at the first sync anyway.
+        let initial = scenario.initial_replicas.max(min_replicas);
+        let pods = (0..initial)
             .map(|_| Pod {
                 ready_at: 0.0,
                 busy: vec![],
@@ -294,7 +297,7 @@ impl<'a> World<'a> {
         Self {
             scenario,
             pods,
-            replicas: scenario.initial_replicas,
+            replicas: initial,
             ready: 0,
             arrivals: VecDeque::new(),
             max_wait: 0.0,
@@ -320,7 +323,8 @@ impl<'a> World<'a> {
         self.enqueue(t, due - self.rate_arrived);
         self.rate_arrived = due;
         // This step's pods, for the cost (leaving ones still run).
-        self.extra_pod_seconds += (self.pods.len() as f64 - f64::from(self.min_replicas)) * STEP;
+        self.extra_pod_seconds +=
+            (self.pods.len() as f64 - f64::from(self.min_replicas)).max(0.0) * STEP;
     }
 
     fn enqueue(&mut self, at: f64, count: u32) {
@@ -706,6 +710,20 @@ mod tests {
             ..scenario
         };
         assert_eq!(plan(&spec(1), &stuck).max_wait, None);
+    }
+
+    #[test]
+    fn the_fleet_starts_at_min_and_costs_nothing_there() {
+        // minReplicas 3 and no load: three pods from t = 0, none above min.
+        let idle = Spec { min: 3, ..spec(20) };
+        let scenario = Scenario {
+            burst: 0,
+            horizon: 60.0,
+            ..Scenario::default()
+        };
+        let result = plan(&idle, &scenario);
+        assert_eq!(result.ticks[0].replicas, 3);
+        assert_eq!(result.extra_pod_seconds, 0.0);
     }
 
     #[test]
