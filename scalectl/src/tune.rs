@@ -11,15 +11,17 @@
 //!
 //! The search is staged to stay within seconds:
 //! 1. for each target and scale-up rule, the smallest `maxReplicas` that
-//!    meets the goals (a bisection: more replicas never drain slower in
-//!    this model), with the HPA's own scale-down rule;
+//!    meets the goals, with the HPA's own scale-down rule (a bisection,
+//!    which assumes more replicas never make a goal harder to meet; where
+//!    that fails it costs only a cheaper answer missed, since every result
+//!    is checked);
 //! 2. for the cheapest of those, every scale-down rule;
 //! 3. the cheapest again, re-simulated on a finer phase grid; one that
 //!    fails there is dropped.
 //!
-//! The HPA's own settings are a candidate (within the `maxReplicas`
-//! limit), so a result is never dearer than what the file has, when that
-//! meets the goals.
+//! The HPA's own settings are always checked on the final grid (within the
+//! `maxReplicas` limit), so the first result never costs more than what
+//! the file has, when that meets the goals.
 
 use std::str::FromStr;
 
@@ -364,6 +366,17 @@ pub fn tune(
             results.push(Candidate { spec, outcome });
         }
     }
+    // The file's own settings, on the same grid, whatever the coarse
+    // ranking said: so that #1 never costs more than they do.
+    if base.max <= limit && !results.iter().any(|c| c.spec == *base) {
+        let outcome = evaluate(base, scenario, search.verify_steps);
+        if outcome.meets(goals) {
+            results.push(Candidate {
+                spec: base.clone(),
+                outcome,
+            });
+        }
+    }
     if results.is_empty() {
         return Err(closest.unreachable(limit, scenario));
     }
@@ -372,6 +385,7 @@ pub fn tune(
             .extra_pod_seconds
             .total_cmp(&b.outcome.extra_pod_seconds)
     });
+    results.truncate(search.results.max(1));
     Ok(results)
 }
 
