@@ -49,6 +49,14 @@ const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// (sent before the cancel), to requeue it rather than leave it unacked.
 const SHUTDOWN_SWEEP: Duration = Duration::from_millis(50);
 
+/// How long one ack, reject or requeue may take. It is one frame written to
+/// the broker's socket: one that takes longer is on a connection that is
+/// gone, whether or not lapin has said so. Seen in the cluster test when
+/// two of three nodes stopped: the ack never completed, and the job held
+/// its prefetch slot (and `jobs_in_flight`) for good. The broker requeues
+/// an unsettled delivery when its channel closes.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the worker said about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
@@ -326,23 +334,29 @@ impl JobRunner {
     /// if the channel is gone (the broker then requeues it itself, and the
     /// failure is counted instead).
     async fn settle(&self, delivery: &Delivery, settle: Settle, outcome: JobOutcome) -> bool {
-        let settled = match settle {
-            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Settle::Reject => {
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
+        let settling = async {
+            match settle {
+                Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+                Settle::Reject => {
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                }
+                Settle::Requeue => {
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await
+                }
             }
-            Settle::Requeue => {
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-            }
+        };
+        let settled = match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+            Ok(settled) => settled.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no word from the channel in {SETTLE_TIMEOUT:?}")),
         };
         match settled {
             Ok(_) => {
