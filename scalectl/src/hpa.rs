@@ -216,8 +216,8 @@ impl Spec {
             .filter(|v| *v > 0.0)
             .ok_or_else(|| anyhow::anyhow!("{field} {:?} is not a quantity above 0", quantity.0))?;
         // The controller reads targets as milli-units, rounded up
-        // (`Quantity.MilliValue`).
-        let target = target((value * 1000.0 - 1e-6).ceil() / 1000.0);
+        // (`Quantity.MilliValue`): "1n" is 1m, never 0.
+        let target = target(milli_ceil(value));
         let behavior = spec.behavior.as_ref();
         Ok(Self {
             has_behavior: behavior.is_some(),
@@ -279,6 +279,19 @@ impl std::fmt::Display for Spec {
             )
         }
     }
+}
+
+/// `value` in whole milli-units, rounded up as `Quantity.MilliValue` does;
+/// a value that is whole milli-units but for binary noise (`0.005k` read as
+/// 5.000000000000001) stays as it is.
+fn milli_ceil(value: f64) -> f64 {
+    let milli = value * 1000.0;
+    let whole = if (milli - milli.round()).abs() < 1e-6 {
+        milli.round()
+    } else {
+        milli.ceil()
+    };
+    whole / 1000.0
 }
 
 /// The HPA's metrics other than the External one `Spec` models, described
@@ -767,6 +780,15 @@ mod tests {
             );
         }
         assert!(Spec::from_hpa(&hpa("five")).is_err());
+        // Rounded up to whole milli-units, as the controller reads them:
+        // never down to a target of 0.
+        for (value, milli) in [("1n", 0.001), ("1500u", 0.002), ("2.5", 2.5)] {
+            assert_eq!(
+                Spec::from_hpa(&hpa(value)).unwrap().target,
+                Target::AverageValue(milli),
+                "{value}"
+            );
+        }
         assert!(other_metrics(&hpa("5")).is_empty());
         let mut with_cpu = hpa("5");
         with_cpu.spec.as_mut().unwrap().metrics.as_mut().unwrap().push(

@@ -353,7 +353,11 @@ pub fn tune(
     // holds there, the error reports the fine figures.
     let mut closest = Closest::default();
     let mut results = vec![];
-    for (spec, _) in refined {
+    // At most four candidates checked per result asked for: on a fine grid
+    // (--phase-steps 20 is 8,000 runs each) checking every one would take
+    // minutes when the coarse grid was too kind to many.
+    let attempts = search.results.max(1) * 4;
+    for (spec, _) in refined.into_iter().take(attempts) {
         if results.len() >= search.results.max(1) {
             break;
         }
@@ -469,12 +473,19 @@ pub fn apply(spec: &Spec, hpa: &mut HorizontalPodAutoscaler) -> anyhow::Result<(
     Ok(())
 }
 
-/// A quantity as Kubernetes writes it: `5`, or `2500m` for 2.5.
+/// A quantity as Kubernetes writes it: `5`, `2500m` for 2.5, `12500u` for
+/// 0.0125: the coarsest unit that holds it whole, so that it reads back the
+/// same (a tolerance of 0.0125 must not become 13m).
 fn quantity(value: f64) -> String {
-    if value.fract() == 0.0 {
+    let whole = |x: f64| (x - x.round()).abs() < 1e-6;
+    if whole(value) {
         format!("{value:.0}")
+    } else if whole(value * 1e3) {
+        format!("{:.0}m", value * 1e3)
+    } else if whole(value * 1e6) {
+        format!("{:.0}u", value * 1e6)
     } else {
-        format!("{:.0}m", value * 1000.0)
+        format!("{:.0}n", value * 1e9)
     }
 }
 
@@ -529,6 +540,10 @@ mod tests {
     fn quantities_are_written_as_kubernetes_does() {
         assert_eq!(quantity(5.0), "5");
         assert_eq!(quantity(2.5), "2500m");
-        assert_eq!(crate::watch::parse_quantity(&quantity(0.05)), Some(0.05));
+        assert_eq!(quantity(0.0125), "12500u");
+        for value in [0.05, 0.0125, 0.3, 7.0] {
+            let back = crate::watch::parse_quantity(&quantity(value)).unwrap();
+            assert!((back - value).abs() < 1e-12, "{value} -> {back}");
+        }
     }
 }
