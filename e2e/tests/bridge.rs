@@ -188,6 +188,14 @@ async fn consumer_acks_dead_letters_and_requeues_by_the_workers_answer() -> Resu
     .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(job::Job::from_body(&dead[0].data)?.id, "poison");
+    let headers = testkit::amqp::Headers::of(&dead[0]);
+    assert_eq!(headers.text("x-dead-reason"), "worker_refused");
+    assert_eq!(headers.text("x-dead-worker-answer"), "400");
+    // The job's own properties travel too.
+    assert_eq!(
+        dead[0].properties.message_id().as_ref().map(|m| m.as_str()),
+        Some("poison")
+    );
     assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
     rig.finish().await
 }
@@ -351,6 +359,91 @@ fn a_bad_setting_exits_64_with_one_line_and_help_exits_0() -> Result<()> {
         let output = std::process::Command::new(&bridge).arg(flag).output()?;
         assert_eq!(output.status.code(), Some(0), "{flag}");
         assert!(!output.stdout.is_empty(), "{flag}");
+    }
+    Ok(())
+}
+
+/// The encodings a log line could carry `secret` in: as text, as the byte
+/// list a `Debug` of a frame prints (`[0, 103, 117, …]`), hex and base64,
+/// of the password alone and of the SASL PLAIN response (`\0user\0pass`).
+fn encodings(user: &str, secret: &str) -> Vec<String> {
+    let sasl = format!("\0{user}\0{secret}");
+    let mut forms = vec![secret.to_owned()];
+    for bytes in [secret.as_bytes(), sasl.as_bytes()] {
+        let decimal: Vec<String> = bytes.iter().map(u8::to_string).collect();
+        forms.push(decimal.join(", "));
+        forms.push(decimal.join(","));
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        forms.push(hex.clone());
+        forms.push(hex.to_uppercase());
+        forms.push(testkit::base64(bytes));
+    }
+    forms
+}
+
+/// No credential at any log level: the real binary at `RUST_LOG=trace`
+/// connects (and is refused, the password being wrong) a few times, and
+/// nothing it printed holds the password in any encoding above. lapin logs
+/// the `Connection.StartOk` frame at trace, whose SASL response is
+/// `\0user\0password` as a byte list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_in_the_logs_even_at_trace() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let secret = format!("pw-{}-sEcReT", std::process::id());
+    let [admin] = testkit::process::free_ports()?;
+    let mut child = tokio::process::Command::new(testkit::process::bridge_binary())
+        .env("AMQP_URL", testkit::amqp::amqp_url())
+        .env("AMQP_PASSWORD", &secret)
+        .env("BRIDGE_ROLES", "publish")
+        .env("PUBLISH_ADDR", "127.0.0.1:0")
+        .env("ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut log = String::new();
+    let mut refusals = 0;
+    // Until the broker has refused the login twice: each attempt sent the
+    // password, and lapin logged the frames around it.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("broker unavailable") {
+                refusals += 1;
+            }
+            log.push_str(&line);
+            log.push('\n');
+            if refusals >= 2 {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no two refused logins in 30 s"))??;
+    child.start_kill()?;
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut lines.into_inner(), &mut rest).await?;
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::BufReader::new(stdout), &mut out)
+        .await?;
+    log.push_str(&rest);
+    log.push_str(&out);
+    let user = "guest";
+    // The log is real trace output: lapin's frames are in it.
+    assert!(log.contains("TRACE"), "not a trace log");
+    println!(
+        "trace log: {} lines, {} bytes, {refusals} refused logins",
+        log.lines().count(),
+        log.len()
+    );
+    for form in encodings(user, &secret) {
+        assert!(
+            !log.contains(&form),
+            "the password is in the trace log as {form:?}"
+        );
     }
     Ok(())
 }

@@ -384,7 +384,12 @@ async fn d_worker_hangs_past_the_timeout_the_job_is_requeued_then_completed() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
-    let mut rig = Rig::start("fault-e", &["--delivery-limit", "2"]).await?;
+    // No retry window: each delivery of the failing job is pushed once.
+    let mut rig = Rig::start(
+        "fault-e",
+        &["--delivery-limit", "2", "--push-retry-window", "0s"],
+    )
+    .await?;
     assert_eq!(
         rig.publish("bad-input", json!({"answers": [422]}))
             .await?
@@ -409,14 +414,36 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
         },
     )
     .await;
-    let dead_ids: BTreeSet<String> = dead
-        .iter()
-        .map(|d| job::Job::from_body(&d.data).map(|j| j.id))
-        .collect::<Result<_, _>>()?;
+    // Why, and after how many attempts, travel with each job.
+    let mut why: BTreeMap<String, (String, String, i64, i64)> = BTreeMap::new();
+    for d in &dead {
+        let id = job::Job::from_body(&d.data)?.id;
+        let headers = testkit::amqp::Headers::of(d);
+        why.insert(
+            id,
+            (
+                headers.text("x-dead-reason"),
+                headers.text("x-dead-worker-answer"),
+                headers.int("x-dead-deliveries"),
+                headers.int("x-dead-pushes"),
+            ),
+        );
+    }
+    let expected = |r: &str, a: &str, d, p| (r.to_owned(), a.to_owned(), d, p);
     assert_eq!(
-        dead_ids,
-        BTreeSet::from(["always-500".to_owned(), "bad-input".to_owned()])
+        why,
+        BTreeMap::from([
+            (
+                "always-500".to_owned(),
+                expected("delivery_limit", "500", 3, 1)
+            ),
+            (
+                "bad-input".to_owned(),
+                expected("worker_refused", "422", 1, 1)
+            ),
+        ])
     );
+    let dead_ids: BTreeSet<String> = why.keys().cloned().collect();
     let mut attempts: BTreeMap<String, usize> = BTreeMap::new();
     let mut processed: BTreeMap<String, usize> = BTreeMap::new();
     while let Ok(push) = rig.worker.pushes.try_recv() {
@@ -425,14 +452,65 @@ async fn e_poison_jobs_are_dead_lettered_and_counted() -> Result<()> {
         }
         *attempts.entry(push.id).or_default() += 1;
     }
-    // A 4xx dead-letters at once; a 5xx after the limit: 1 + 2 deliveries,
-    // each pushed 1 + 2 times (--push-retries) before it is requeued.
+    // A 4xx dead-letters at once; a 5xx after the limit: 1 + 2 deliveries.
     assert_eq!(attempts.get("bad-input"), Some(&1));
-    assert_eq!(attempts.get("always-500"), Some(&9));
+    assert_eq!(attempts.get("always-500"), Some(&3));
     assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
     let figures = Figures::measured(&ids(["bad-input", "always-500"]), &processed, &dead_ids, 2);
     figures.report("e: poison jobs");
     assert_eq!((figures.lost, figures.processed), (0, 0));
+    rig.finish().await
+}
+
+/// How long the worker outage of test j lasts: a bad rollout, or a
+/// dependency restarting.
+const OUTAGE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_a_10s_worker_outage_with_20_jobs_queued_dead_letters_none() -> Result<()> {
+    let mut rig = Rig::start("fault-j", &[]).await?;
+    rig.worker.set_outage(Some(500));
+    let accepted: BTreeSet<String> = (0..20).map(|n| format!("j-{n:02}")).collect();
+    for id in &accepted {
+        assert_eq!(rig.publish(id, json!(null)).await?.status(), 202);
+    }
+    let first = rig.worker.next_push(Duration::from_secs(20)).await;
+    let outage_started = Instant::now();
+    assert_eq!(first.status, 500);
+    // Paused while the worker fails: readiness says so.
+    testkit::eventually("/readyz to turn false", Duration::from_secs(5), || async {
+        let (status, body) = rig.bridge.admin("/readyz").await.ok()?;
+        (status == 503 && body.contains("worker")).then_some(())
+    })
+    .await;
+    tokio::time::sleep_until((outage_started + OUTAGE).into()).await;
+    rig.worker.set_outage(None);
+
+    // Every push during the outage was of one job: the others waited in
+    // the queue, unspent.
+    let mut failed: Vec<testkit::standin::Push> = vec![first];
+    while let Ok(push) = rig.worker.pushes.try_recv() {
+        failed.push(push);
+    }
+    let failed_ids: BTreeSet<&str> = failed.iter().map(|p| p.id.as_str()).collect();
+    let processed = rig
+        .worker
+        .until_processed(&accepted, Duration::from_secs(60))
+        .await;
+    let dead = drained_ids(&rig.inspector, &format!("{}.dead", rig.queue)).await?;
+    let requeued = rig.jobs("requeued").await;
+    let figures = Figures::measured(&accepted, &processed, &dead, requeued as usize);
+    figures.report(&format!(
+        "j: worker answered 500 for {OUTAGE:?} ({} pushes, all of job {:?})",
+        failed.len(),
+        failed_ids
+    ));
+    assert_eq!(failed_ids.len(), 1, "{failed_ids:?}");
+    assert!(failed.len() >= 3, "retried with backoff: {}", failed.len());
+    assert_eq!((figures.lost, figures.dead_lettered), (0, 0));
+    assert_eq!(figures.processed, 20);
+    assert_eq!(requeued, 0.0);
+    assert_eq!(rig.inspector.ready(&rig.queue).await?, 0);
     rig.finish().await
 }
 

@@ -189,12 +189,15 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Times a failed push (5xx, timeout, a cut-off answer) is retried in
-    /// place, with backoff, before the job goes back to the queue and spends
-    /// one of its deliveries. An unreachable worker, or one that answers 408,
-    /// 429 or 503, is waited for instead and spends nothing.
-    #[arg(long, env = "PUSH_RETRIES", default_value_t = 2)]
-    pub push_retries: u32,
+    /// How long a failing worker (5xx, 3xx, a timeout, a reset, an answer
+    /// cut short) is retried in place, with backoff, before the job goes
+    /// back to the queue and spends one of its deliveries. Consumption is
+    /// paused meanwhile, so a worker outage shorter than this dead-letters
+    /// nothing. An unreachable worker, or one that answers 408, 429 or 503,
+    /// is waited for without limit and spends nothing. `0s`: requeue after
+    /// the first failure.
+    #[arg(long, env = "PUSH_RETRY_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub push_retry_window: Duration,
 
     /// The longest wait between pushes to a failing or unreachable worker
     /// (exponential, jittered, from 100 ms; a `Retry-After` is honoured up

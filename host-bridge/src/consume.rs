@@ -5,15 +5,19 @@
 //! |---|---|
 //! | 2xx, body complete | ack |
 //! | 408, 429, 503; connection refused | "later": hold the job, pause consuming, push again after `Retry-After` or a backoff; spends no delivery |
-//! | other 4xx | reject, no requeue: to `<queue>.dead` |
-//! | other 5xx, timeout, an answer cut short | retry in place with backoff (`--push-retries`), then nack with requeue |
+//! | other 4xx | the job itself is bad: dead-letter it now |
+//! | other 5xx, 3xx, timeout, a reset or an answer cut short | "failing": hold the job, pause consuming, push again with backoff for up to `--push-retry-window`; then requeue, spending one delivery |
 //!
-//! Requeues are bounded by the quorum queue's delivery limit, after which the
-//! broker dead-letters the job. A delivery that is not a valid job is
-//! dead-lettered unpushed, its reason counted. This module owns the consumer
-//! channel, the worker's health and the graceful stop; the connection
-//! belongs to `broker`.
+//! Requeues are bounded by the quorum queue's delivery limit: the last
+//! delivery that fails is dead-lettered. A delivery that is not a valid job
+//! is dead-lettered unpushed. The bridge dead-letters by publishing the job
+//! to `<queue>.dlx` itself (confirmed, then acked), so that why and after
+//! how many attempts travel with it as headers ([`DeadLetter`]); if that
+//! publish fails, it rejects the delivery and the broker dead-letters it
+//! without them. This module owns the consumer channel, the worker's health
+//! and the graceful stop; the connection belongs to `broker`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,11 +25,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Consumer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,7 +89,8 @@ pub enum Next {
     /// The worker can't take work now: hold the job and push it again
     /// after this wait (the worker's `Retry-After`) or a backoff.
     Later(Option<Duration>),
-    /// The push failed: retry in place, then requeue.
+    /// The worker is failing: retry in place with backoff within the retry
+    /// window, then requeue.
     Retry,
 }
 
@@ -102,9 +107,20 @@ impl PushResult {
             // A 4xx is the job's fault and will not get better.
             PushResult::Answered { status, .. } if (400..500).contains(status) => Next::Poison,
             PushResult::Unreachable(_) => Next::Later(None),
-            // A 5xx, a timeout or a broken answer is the worker's trouble,
-            // not the job's; the delivery limit bounds a job that keeps failing.
+            // A 5xx, a 3xx, a timeout or a broken answer is the worker's
+            // trouble, not the job's: a bad rollout or a restarting
+            // dependency that a few seconds cure. The delivery limit bounds
+            // a job that keeps failing.
             _ => Next::Retry,
+        }
+    }
+
+    /// The worker's answer in a word or a status, for the dead-letter
+    /// headers: `500`, `timeout`, `unreachable`, `broken`.
+    pub fn summary(&self) -> String {
+        match self {
+            PushResult::Answered { status, .. } => status.to_string(),
+            other => other.label().to_owned(),
         }
     }
 
@@ -162,6 +178,19 @@ impl WorkerHealth {
 
     async fn wait_up(&self) {
         let _ = self.up.subscribe().wait_for(|up| *up).await;
+    }
+
+    /// Resumes consuming after a failing job was given back to the queue:
+    /// with nothing held, only a new delivery can tell whether the worker
+    /// has recovered, and a paused consumer would never get one.
+    fn probe(&self) {
+        if self
+            .up
+            .send_if_modified(|now| !std::mem::replace(now, true))
+        {
+            self.metrics.worker_up.set(1);
+            info!("retry window spent on a failing worker; consuming again to probe it");
+        }
     }
 }
 
@@ -226,25 +255,105 @@ pub fn previous_deliveries(delivery: &Delivery) -> u64 {
     }
 }
 
-/// How a delivery was settled with the broker.
+/// Why the bridge dead-lettered a job: the `x-dead-reason` header on the
+/// copy in `<queue>.dead`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The worker answered a 4xx other than 408 and 429: the job is bad.
+    Refused,
+    /// The worker failed every delivery the queue allows.
+    DeliveryLimit,
+    /// Not a job the worker can be given.
+    Malformed(Malformed),
+}
+
+impl DeadReason {
+    /// The header's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadReason::Refused => "worker_refused",
+            DeadReason::DeliveryLimit => "delivery_limit",
+            DeadReason::Malformed(m) => m.label(),
+        }
+    }
+}
+
+/// What travels with a dead-lettered job, as message headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `x-dead-reason`.
+    pub reason: DeadReason,
+    /// `x-dead-worker-answer`: the last push's answer (`500`, `timeout`,
+    /// ...), absent when the job was never pushed.
+    pub worker_answer: Option<String>,
+    /// `x-dead-deliveries`: how many times the broker delivered the job.
+    pub deliveries: u64,
+    /// `x-dead-pushes`: how many pushes the last delivery made.
+    pub pushes: u32,
+}
+
+impl DeadLetter {
+    /// The header names, in one place: what an operator replaying
+    /// `<queue>.dead` reads.
+    pub const REASON: &'static str = "x-dead-reason";
+    /// See [`DeadLetter::worker_answer`].
+    pub const WORKER_ANSWER: &'static str = "x-dead-worker-answer";
+    /// See [`DeadLetter::deliveries`].
+    pub const DELIVERIES: &'static str = "x-dead-deliveries";
+    /// See [`DeadLetter::pushes`].
+    pub const PUSHES: &'static str = "x-dead-pushes";
+
+    /// The delivery's own headers, less the broker's delivery count (the
+    /// dead-letter queue keeps its own), with these added.
+    fn headers(&self, original: Option<&FieldTable>) -> FieldTable {
+        let mut headers = FieldTable::default();
+        for (name, value) in original.map(FieldTable::inner).into_iter().flatten() {
+            if name.as_str() != "x-delivery-count" {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let text = |v: &str| AMQPValue::LongString(v.into());
+        headers.insert(Self::REASON.into(), text(self.reason.label()));
+        if let Some(answer) = &self.worker_answer {
+            headers.insert(Self::WORKER_ANSWER.into(), text(answer));
+        }
+        let count = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+        headers.insert(Self::DELIVERIES.into(), count(self.deliveries));
+        headers.insert(Self::PUSHES.into(), count(self.pushes.into()));
+        headers
+    }
+}
+
+/// How a delivery is settled with the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Settle {
     Ack,
-    Reject,
     Requeue,
+    DeadLetter(DeadLetter),
 }
 
 impl Settle {
-    /// The job's outcome: a requeue of a delivery that has used up the
-    /// queue's delivery limit is the broker's cue to dead-letter it.
-    fn outcome(self, previous_deliveries: u64, delivery_limit: u64) -> JobOutcome {
+    /// The job's outcome, as `jobs_total` counts it.
+    fn outcome(&self) -> JobOutcome {
         match self {
             Settle::Ack => JobOutcome::Acked,
-            Settle::Reject => JobOutcome::DeadLettered,
-            Settle::Requeue if previous_deliveries >= delivery_limit => JobOutcome::DeadLettered,
             Settle::Requeue => JobOutcome::Requeued,
+            Settle::DeadLetter(_) => JobOutcome::DeadLettered,
         }
     }
+}
+
+/// How the pushes of one delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    /// The worker did the job.
+    Done,
+    /// The worker refused the job as bad.
+    Refused,
+    /// The worker kept failing for the whole retry window.
+    Failed,
+    /// The bridge is stopping: the job goes back to the queue.
+    Stopped,
 }
 
 /// Runs each delivery as a job, from its check to its settlement: pushes it
@@ -253,10 +362,11 @@ impl Settle {
 /// queue's name, delivery limit and prefetch.
 pub struct JobRunner {
     queue: String,
+    dead_letter_exchange: String,
     delivery_limit: u64,
     url: String,
     timeout: Duration,
-    retries: u32,
+    retry_window: Duration,
     max_backoff: Duration,
     prefetch: u16,
     client: reqwest::Client,
@@ -303,24 +413,44 @@ impl JobRunner {
         }
     }
 
-    /// Handles one delivery from its check to its settlement.
-    async fn handle(&self, delivery: Delivery, stop: CancellationToken) {
+    /// Handles one delivery from its check to its settlement, on `channel`
+    /// (the one it came on: acks must go there).
+    async fn handle(&self, channel: Channel, delivery: Delivery, stop: CancellationToken) {
         let previous = previous_deliveries(&delivery);
         let id = match check_delivery(&delivery) {
             Ok(id) => id,
-            Err(reason) => return self.dead_letter_malformed(delivery, reason).await,
+            Err(reason) => return self.dead_letter_malformed(&channel, delivery, reason).await,
         };
         // The id passed `job::validate_id`: safe to log as it is.
         let span = info_span!("job", %id, delivery = previous + 1);
         async {
             let _timer = self.metrics.job_started();
             let started = Instant::now();
-            let (settle, result) = self.push_until_settled(&delivery.data, &stop).await;
-            let outcome = settle.outcome(previous, self.delivery_limit);
-            if self.settle(&delivery, settle, outcome).await {
+            let (pushed, result, pushes) = self.push_until_settled(&delivery.data, &stop).await;
+            let dead = |reason| {
+                Settle::DeadLetter(DeadLetter {
+                    reason,
+                    worker_answer: Some(result.summary()),
+                    deliveries: previous + 1,
+                    pushes,
+                })
+            };
+            let settle = match pushed {
+                Pushed::Done => Settle::Ack,
+                Pushed::Refused => dead(DeadReason::Refused),
+                // The queue's last allowed delivery: a requeue would make
+                // the broker dead-letter it without saying why.
+                Pushed::Failed if previous >= self.delivery_limit => {
+                    dead(DeadReason::DeliveryLimit)
+                }
+                Pushed::Failed | Pushed::Stopped => Settle::Requeue,
+            };
+            let outcome = settle.outcome();
+            if self.settle(&channel, &delivery, settle).await {
                 info!(
                     outcome = outcome.label(),
                     worker = ?result,
+                    pushes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "job done"
                 );
@@ -330,36 +460,33 @@ impl JobRunner {
         .await
     }
 
-    /// Acks, rejects or requeues `delivery` and counts `outcome`; `false`
-    /// if the channel is gone (the broker then requeues it itself, and the
-    /// failure is counted instead).
-    async fn settle(&self, delivery: &Delivery, settle: Settle, outcome: JobOutcome) -> bool {
-        let settling = async {
-            match settle {
-                Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-                Settle::Reject => {
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await
-                }
-                Settle::Requeue => {
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                }
+    /// Acks, dead-letters or requeues `delivery` and counts its outcome;
+    /// `false` if the channel gave no answer (the failure is counted
+    /// instead, and the broker redelivers the job if the settle was lost).
+    async fn settle(&self, channel: &Channel, delivery: &Delivery, settle: Settle) -> bool {
+        let outcome = settle.outcome();
+        let settled = match &settle {
+            Settle::Ack => bounded(delivery.acker.ack(BasicAckOptions::default())).await,
+            Settle::Requeue => {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                bounded(delivery.acker.nack(requeue)).await
             }
-        };
-        let settled = match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
-            Ok(settled) => settled.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no word from the channel in {SETTLE_TIMEOUT:?}")),
+            Settle::DeadLetter(dead) => match self.publish_dead(channel, delivery, dead).await {
+                Ok(()) => bounded(delivery.acker.ack(BasicAckOptions::default())).await,
+                Err(e) => {
+                    // Still not lost: the broker dead-letters a rejected
+                    // delivery itself, only without the headers.
+                    warn!(error = %e, reason = dead.reason.label(), "could not publish to the dead-letter exchange; rejecting instead");
+                    let reject = BasicRejectOptions { requeue: false };
+                    bounded(delivery.acker.reject(reject)).await
+                }
+            },
         };
         match settled {
-            Ok(_) => {
+            Ok(()) => {
                 self.metrics.job_done(&self.queue, outcome);
                 true
             }
@@ -368,72 +495,110 @@ impl JobRunner {
                     .ack_failures
                     .with_label_values(&[&self.queue])
                     .inc();
-                warn!(error = %e, outcome = outcome.label(), "could not settle the delivery; the broker will requeue it");
+                // A timed-out settle may still land later: say what is known.
+                warn!(error = %e, outcome = outcome.label(), "settle outcome unknown; the broker redelivers the job if it was lost");
                 false
             }
         }
     }
 
+    /// Publishes a copy of `delivery` to the dead-letter exchange with
+    /// `dead`'s headers, and waits for the broker's confirm.
+    async fn publish_dead(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        dead: &DeadLetter,
+    ) -> Result<(), String> {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(dead.headers(delivery.properties.headers().as_ref()));
+        let publish = async {
+            channel
+                .basic_publish(
+                    self.dead_letter_exchange.as_str().into(),
+                    ShortString::from(self.queue.as_str()),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        match tokio::time::timeout(SETTLE_TIMEOUT, publish).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(other)) => Err(format!("the broker did not confirm it: {other:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no confirm within {SETTLE_TIMEOUT:?}")),
+        }
+    }
+
     /// Pushes until the worker gives an answer that settles the delivery,
     /// retrying in place: without limit while the worker can't take work
-    /// (no delivery is spent on an absent worker), `retries` times after a
-    /// failed push. Gives up (requeue) when `stop` is cancelled while waiting.
+    /// (no delivery is spent on an absent worker), for up to the retry
+    /// window while it fails. Consumption is paused meanwhile, so that one
+    /// bad minute of the worker's costs no other job a delivery. Returns
+    /// how it ended, the last answer and the number of pushes.
     async fn push_until_settled(
         &self,
         body: &[u8],
         stop: &CancellationToken,
-    ) -> (Settle, PushResult) {
+    ) -> (Pushed, PushResult, u32) {
         let mut backoff = Backoff::new(PUSH_BACKOFF_BASE, self.max_backoff);
-        let mut failures = 0;
+        let mut failing_since: Option<Instant> = None;
+        let mut pushes = 0;
         loop {
             let started = Instant::now();
             let result = self.push(body).await;
+            pushes += 1;
             self.metrics
                 .worker_push_duration
                 .with_label_values(&[result.label()])
                 .observe(started.elapsed().as_secs_f64());
-            let wait = match result.next() {
+            let (wait, reason) = match result.next() {
                 Next::Ack => {
                     self.health.set(true);
-                    return (Settle::Ack, result);
+                    return (Pushed::Done, result, pushes);
                 }
                 Next::Poison => {
                     self.health.set(true);
-                    return (Settle::Reject, result);
+                    return (Pushed::Refused, result, pushes);
                 }
                 Next::Later(hint) => {
                     self.health.set(false);
-                    self.metrics
-                        .push_retries
-                        .with_label_values(&["unavailable"])
-                        .inc();
-                    hint.map_or_else(|| backoff.next_delay(), |d| d.min(self.max_backoff))
+                    let wait =
+                        hint.map_or_else(|| backoff.next_delay(), |d| d.min(self.max_backoff));
+                    (wait, "unavailable")
                 }
                 Next::Retry => {
-                    if matches!(result, PushResult::Answered { .. }) {
-                        self.health.set(true);
+                    self.health.set(false);
+                    let since = *failing_since.get_or_insert(started);
+                    let wait = backoff.next_delay();
+                    // Give up once the next push would start past the window.
+                    if since.elapsed() + wait > self.retry_window {
+                        self.health.probe();
+                        return (Pushed::Failed, result, pushes);
                     }
-                    failures += 1;
-                    if failures > self.retries {
-                        return (Settle::Requeue, result);
-                    }
-                    self.metrics
-                        .push_retries
-                        .with_label_values(&["failed"])
-                        .inc();
-                    backoff.next_delay()
+                    (wait, "failed")
                 }
             };
+            self.metrics.push_retries.with_label_values(&[reason]).inc();
             debug!(worker = ?result, ?wait, "push not settled; retrying");
             tokio::select! {
-                () = stop.cancelled() => return (Settle::Requeue, result),
+                () = stop.cancelled() => return (Pushed::Stopped, result, pushes),
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
     /// Dead-letters a delivery that is not a valid job, without pushing it.
-    async fn dead_letter_malformed(&self, delivery: Delivery, reason: Malformed) {
+    async fn dead_letter_malformed(
+        &self,
+        channel: &Channel,
+        delivery: Delivery,
+        reason: Malformed,
+    ) {
         self.metrics
             .malformed_jobs
             .with_label_values(&[reason.label()])
@@ -450,8 +615,22 @@ impl JobRunner {
             bytes = delivery.data.len(),
             "not a valid job; dead-lettered without a push"
         );
-        self.settle(&delivery, Settle::Reject, JobOutcome::DeadLettered)
+        let dead = DeadLetter {
+            reason: DeadReason::Malformed(reason),
+            worker_answer: None,
+            deliveries: previous_deliveries(&delivery) + 1,
+            pushes: 0,
+        };
+        self.settle(channel, &delivery, Settle::DeadLetter(dead))
             .await;
+    }
+}
+
+/// One ack, reject or requeue, bounded by [`SETTLE_TIMEOUT`].
+async fn bounded<T>(settling: impl Future<Output = Result<T, lapin::Error>>) -> Result<(), String> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+        Ok(settled) => settled.map(drop).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no word from the channel in {SETTLE_TIMEOUT:?}")),
     }
 }
 
@@ -509,10 +688,11 @@ impl ConsumeRole {
         Self {
             runner: Arc::new(JobRunner {
                 queue: config.queue.clone(),
+                dead_letter_exchange: config.dead_letter_exchange(),
                 delivery_limit: config.delivery_limit.into(),
                 url: config.worker_url.clone(),
                 timeout: config.job_timeout,
-                retries: config.push_retries,
+                retry_window: config.push_retry_window,
                 max_backoff: config.push_max_backoff,
                 prefetch: config.concurrency,
                 client,
@@ -619,7 +799,8 @@ impl ConsumeRole {
                     Some(Ok(delivery)) => {
                         let runner = self.runner.clone();
                         let stop = stop.clone();
-                        tracker.spawn(async move { runner.handle(delivery, stop).await });
+                        let channel = channel.clone();
+                        tracker.spawn(async move { runner.handle(channel, delivery, stop).await });
                     }
                     Some(Err(e)) => return Err(ConsumeError::Stream(e)),
                     None => return Err(ConsumeError::Ended),
@@ -667,6 +848,11 @@ impl ConsumeRole {
         // visible to the autoscaler as queue length).
         channel
             .basic_qos(self.runner.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(ConsumeError::Subscribe)?;
+        // Confirms, for the dead-letter copies published on this channel.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(ConsumeError::Subscribe)?;
         let consumer = channel

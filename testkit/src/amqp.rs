@@ -220,3 +220,48 @@ impl Inspector {
         Ok(())
     }
 }
+
+/// A delivery's headers, read as a test reads them: a missing or mistyped
+/// header reads as empty or -1, so an assertion shows what was there.
+pub struct Headers(std::collections::BTreeMap<String, lapin::types::AMQPValue>);
+
+impl Headers {
+    /// The headers of `delivery`.
+    pub fn of(delivery: &lapin::message::Delivery) -> Self {
+        let map = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self(map)
+    }
+
+    /// A string header.
+    pub fn text(&self, name: &str) -> String {
+        use lapin::types::AMQPValue;
+        match self.0.get(name) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            Some(AMQPValue::ShortString(s)) => s.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// An integer header.
+    pub fn int(&self, name: &str) -> i64 {
+        use lapin::types::AMQPValue;
+        match self.0.get(name) {
+            Some(AMQPValue::LongLongInt(n)) => *n,
+            Some(AMQPValue::LongInt(n)) => (*n).into(),
+            Some(AMQPValue::LongUInt(n)) => (*n).into(),
+            Some(AMQPValue::ShortInt(n)) => (*n).into(),
+            Some(AMQPValue::ShortUInt(n)) => (*n).into(),
+            _ => -1,
+        }
+    }
+}

@@ -8,6 +8,9 @@
 //!   repeating, to play a slow or hanging worker (default no wait);
 //! - `fail_percent`: answer 503 to about this share of deliveries, chosen by
 //!   a hash of (id, attempt) so that a run is reproducible.
+//!
+//! An outage ([`StandIn::set_outage`]) overrides every script: the whole
+//! worker answers one status, as a bad rollout would.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -35,6 +38,7 @@ pub struct Push {
 #[derive(Clone)]
 struct Shared {
     attempts: Arc<Mutex<HashMap<String, usize>>>,
+    outage: Arc<Mutex<Option<u16>>>,
     received: mpsc::UnboundedSender<(String, usize)>,
     pushes: mpsc::UnboundedSender<Push>,
 }
@@ -47,6 +51,7 @@ pub struct StandIn {
     pub received: mpsc::UnboundedReceiver<(String, usize)>,
     /// Every push, in order of answer.
     pub pushes: mpsc::UnboundedReceiver<Push>,
+    outage: Arc<Mutex<Option<u16>>>,
 }
 
 impl StandIn {
@@ -54,8 +59,10 @@ impl StandIn {
     pub async fn start() -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (received_tx, received) = mpsc::unbounded_channel();
+        let outage = Arc::new(Mutex::new(None));
         let shared = Shared {
             attempts: Arc::default(),
+            outage: outage.clone(),
             received: received_tx,
             pushes: tx,
         };
@@ -67,7 +74,13 @@ impl StandIn {
             addr,
             received,
             pushes: rx,
+            outage,
         })
+    }
+
+    /// Answers every push with `status` from now on (`None`: as scripted).
+    pub fn set_outage(&self, status: Option<u16>) {
+        *self.outage.lock().expect("not poisoned") = status;
     }
 
     /// The URL to give the bridge as `--worker-url`.
@@ -151,6 +164,9 @@ async fn work(State(shared): State<Shared>, body: Bytes) -> StatusCode {
         if std::hash::Hasher::finish(&hasher) % 100 < fail_percent {
             status = 503;
         }
+    }
+    if let Some(outage) = *shared.outage.lock().expect("not poisoned") {
+        status = outage;
     }
     if let Some(ms) = per_attempt(&payload, "delays_ms", attempt) {
         // The scripted slowness itself: this is the fault being played.
