@@ -24,6 +24,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+/// `bytes` in standard base64, as a log line might carry a secret.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Polls `probe` until it returns `Some`, at most `limit`. For conditions
 /// that have no event to wait on (a metric reaching a value, a port
 /// answering); never a substitute for one that has.
