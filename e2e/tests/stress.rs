@@ -864,6 +864,70 @@ async fn assert_json_431(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// What an HTTP/1.1 server must answer with JSON though no route sees it:
+/// the requests hyper itself refuses, each as raw bytes.
+fn malformed_requests() -> Vec<(&'static str, Vec<u8>)> {
+    let mut many = b"GET /healthz HTTP/1.1\r\nhost: x\r\n".to_vec();
+    for n in 0..101 {
+        many.extend_from_slice(format!("x-{n}: a\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let mut tls = vec![
+        0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03,
+    ];
+    tls.extend_from_slice(&[0; 40]);
+    vec![
+        ("101 header fields", many),
+        (
+            "two Content-Lengths",
+            b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
+        ),
+        (
+            "a control byte in a header",
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-c: a\x01b\r\n\r\n".to_vec(),
+        ),
+        ("a TLS ClientHello", tls),
+        ("HTTP/9.9", b"GET / HTTP/9.9\r\nhost: x\r\n\r\n".to_vec()),
+        ("an HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()),
+        ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("GET *", b"GET * HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("CONNECT", b"CONNECT x:443 HTTP/1.1\r\nhost: x:443\r\n\r\n".to_vec()),
+    ]
+}
+
+/// Sends each of [`malformed_requests`] to `addr` on its own connection:
+/// every answer must be a 4xx or 5xx with a JSON error body, and a `*`
+/// target a `400 bad_request_target`. Returns how many were probed.
+async fn assert_every_answer_json(label: &str, addr: std::net::SocketAddr) -> Result<usize> {
+    let requests = malformed_requests();
+    for (what, bytes) in &requests {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(bytes).await?;
+        stream.shutdown().await.ok();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .map_err(|_| anyhow::anyhow!("{label}, {what}: no end of answer in 5 s"))??;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("{label}, {what}: no answer: {answer:?}"))?;
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!((400..600).contains(&status), "{label}, {what}: {head}");
+        let error: job::ErrorBody = serde_json::from_str(body)
+            .map_err(|e| anyhow::anyhow!("{label}, {what}: not JSON ({e}): {answer:?}"))?;
+        if what.contains('*') {
+            assert_eq!(
+                (status, error.error.as_str()),
+                (400, "bad_request_target"),
+                "{label}, {what}"
+            );
+        }
+        println!("{label}, {what}: {status} {}", error.error);
+    }
+    Ok(requests.len())
+}
+
 /// The tests that open hundreds or thousands of connections at once run one
 /// at a time: run together, one's flood starved another's server (a 2,000
 /// burst once got a connection error while the header flood ran beside it).
@@ -955,6 +1019,9 @@ async fn slow_clients_are_cut_off_and_every_error_is_json() -> Result<()> {
         "method_not_allowed"
     );
     assert_json_431(&format!("http://{admin}/readyz")).await?;
+    for (label, addr) in [("publish API", publish), ("admin", admin)] {
+        assert_every_answer_json(label, addr).await?;
+    }
     bridge.stop().await;
     Inspector::connect().await?.delete_topology(&queue).await?;
     Ok(())
@@ -1079,6 +1146,24 @@ async fn the_front_door_cuts_off_slow_clients_and_keeps_the_producers_body_limit
         "payload_too_large"
     );
     assert_json_431(&front.url("/generate")).await?;
+    // hyper's own refusals are JSON, and a `*` target counts as nothing:
+    // no "outcome unknown" for a request that was never forwarded.
+    let counted = || async {
+        let mut sum = 0.0;
+        for outcome in ["outcome_unknown", "producer_unavailable"] {
+            sum += front
+                .bridge
+                .metric(
+                    "host_bridge_ingress_requests_total",
+                    &[("outcome", outcome)],
+                )
+                .await;
+        }
+        sum
+    };
+    let before = counted().await;
+    assert_every_answer_json("ingress", front.ingress).await?;
+    assert_eq!(counted().await, before);
 
     let inspector = Inspector::connect().await?;
     let queued = queued_ids(&inspector, &queue).await?;
@@ -1570,5 +1655,84 @@ async fn a_flood_of_huge_headers_is_cut_off_within_bounded_memory() -> Result<()
         "{answers:?}"
     );
     assert!(peak < SIDECAR_MEMORY_LIMIT, "bridge peak RSS {peak} bytes");
+    Ok(())
+}
+
+/// A connection flood past the cap can't keep honest clients waiting: 150
+/// slow clients (a head trickled a byte every 500 ms, never finished) on a
+/// publish API capped at 64 connections, with a header timeout of 30 s.
+/// Before shedding, the honest clients waited in the kernel's backlog for
+/// a slow one's timeout (30 s here); now each new connection closes the
+/// oldest one that has not sent a whole head. 40 honest publishes, each on
+/// a new connection, must all be 202 within 20 s; the figures are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_the_cap_keeps_no_honest_client_waiting() -> Result<()> {
+    let _alone = FLOODS.lock().await;
+    let queue = unique_queue("stress-shed");
+    let limits = ["--max-connections", "64", "--header-read-timeout", "30s"];
+    let bridge = publisher(&amqp_url(), &queue, &limits).await?;
+    let addr = bridge.publish_addr;
+    let flood: Vec<_> = (0..150)
+        .map(|_| {
+            tokio::spawn(trickle(
+                addr,
+                b"POST /v1/publish HTTP/1.1\r\nx-slow: ".to_vec(),
+                Duration::from_millis(500),
+                Duration::from_secs(40),
+            ))
+        })
+        .collect();
+    // The flood is past the cap once the bridge has shed a connection.
+    bridge
+        .wait_metric(
+            "host_bridge_connections_shed_total",
+            &[("listener", "publish")],
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let url = bridge.publish_url("/v1/publish");
+    let mut took = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        for n in 0..40 {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()?;
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(job(&format!("shed-{n}"), json!(null)))
+                .send()
+                .await?;
+            assert_eq!(response.status(), 202);
+            took.push(started.elapsed());
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("honest clients still waiting after 20 s: {took:?}"))??;
+    let shed = bridge
+        .metric(
+            "host_bridge_connections_shed_total",
+            &[("listener", "publish")],
+        )
+        .await;
+    for task in &flood {
+        task.abort();
+    }
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "connection flood: 150 slow clients on a cap of 64; 40 honest publishes: \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {shed} connections shed; bridge peak RSS {:.1} MiB",
+        ms(took[took.len() / 2]),
+        ms(took[(took.len() * 99).div_ceil(100) - 1]),
+        ms(took[took.len() - 1]),
+        bridge.peak_rss()? as f64 / 1048576.0
+    );
+    let inspector = Inspector::connect().await?;
+    assert_eq!(queued_ids(&inspector, &queue).await?.len(), 40);
+    inspector.delete_topology(&queue).await?;
     Ok(())
 }

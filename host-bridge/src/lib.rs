@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::SessionWatch;
+use crate::broker::{Link, SessionWatch};
 
 pub use config::{Config, ConfigError, Role};
 pub use metrics::Metrics;
@@ -72,7 +72,7 @@ pub struct Bridge {
     ingress: Option<(TcpListener, ingress::Ingress)>,
     admin_listener: TcpListener,
     worker_client: Option<reqwest::Client>,
-    broker: broker::Broker,
+    brokers: Vec<broker::Broker>,
 }
 
 impl Bridge {
@@ -98,7 +98,7 @@ impl Bridge {
         } else {
             None
         };
-        let broker = broker::Broker::new(&config, metrics.clone())?;
+        let brokers = broker::Broker::for_config(&config, &metrics)?;
         Ok(Self {
             config,
             metrics,
@@ -106,7 +106,7 @@ impl Bridge {
             ingress,
             admin_listener,
             worker_client,
-            broker,
+            brokers,
         })
     }
 
@@ -150,7 +150,7 @@ impl Bridge {
             ingress,
             admin_listener,
             worker_client,
-            broker,
+            brokers,
         } = self;
         let limits = server::ServeLimits {
             max_connections: config.max_connections as usize,
@@ -166,10 +166,24 @@ impl Bridge {
         let close = CancellationToken::new();
         let admin_stop = CancellationToken::new();
 
-        let sessions = broker.sessions();
-        let broker_task = tokio::spawn(broker.run(close.clone()));
+        // Each role on its own link: the publish API on the publish one,
+        // consuming and the depth poll on the other (or the only one).
+        let links: Vec<_> = brokers.iter().map(|b| (b.link(), b.sessions())).collect();
+        let on = |link| {
+            links
+                .iter()
+                .find(|(l, _)| *l == link)
+                .or(links.first())
+                .map(|(_, s)| s.clone())
+                .expect("every config has a link")
+        };
+        let (publish_sessions, plain_sessions) = (on(Link::Publish), on(Link::Plain));
+        let broker_tasks: Vec<_> = brokers
+            .into_iter()
+            .map(|b| tokio::spawn(b.run(close.clone())))
+            .collect();
         let depth_task = tokio::spawn(broker::poll_queue_depth(
-            sessions.clone(),
+            plain_sessions.clone(),
             config.queue.clone(),
             config.queue_poll_interval,
             metrics.clone(),
@@ -182,22 +196,24 @@ impl Bridge {
                 ingress,
                 worker_client,
             },
-            &sessions,
+            [&publish_sessions, &plain_sessions],
             &metrics,
             limits,
             [&front_stop, &stop],
         );
         let readiness = admin::Readiness::new(
-            sessions,
+            links.into_iter().map(|(_, s)| s).collect(),
             roles.publishing,
             roles.consuming,
             front_stop.clone(),
         )
         .with_ingress(roles.fronting);
+        let shed = metrics.connections_shed.with_label_values(&["admin"]);
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
             admin::router(metrics, readiness),
             limits,
+            shed,
             admin_stop.clone().cancelled_owned(),
         ));
         for warning in config.warnings() {
@@ -214,7 +230,7 @@ impl Bridge {
             servers: roles.servers,
             consume_task: roles.consume_task,
             depth_task,
-            broker_task,
+            broker_tasks,
             admin_task,
         }
     }
@@ -247,13 +263,16 @@ impl StartedRoles {
     fn start(
         config: &Config,
         inputs: RoleInputs,
-        sessions: &SessionWatch,
+        [publish_sessions, plain_sessions]: [&SessionWatch; 2],
         metrics: &Metrics,
         limits: server::ServeLimits,
         [front_stop, stop]: [&CancellationToken; 2],
     ) -> Self {
         let serve = |what: &'static str, listener, router, stop: &CancellationToken| {
-            let served = server::serve(listener, router, limits, stop.clone().cancelled_owned());
+            let label = what.split(' ').next().unwrap_or(what);
+            let shed = metrics.connections_shed.with_label_values(&[label]);
+            let stop = stop.clone().cancelled_owned();
+            let served = server::serve(listener, router, limits, shed, stop);
             (what, tokio::spawn(served))
         };
         let mut roles = StartedRoles {
@@ -265,14 +284,15 @@ impl StartedRoles {
             fronting: None,
         };
         if let Some(client) = inputs.worker_client {
-            let role = consume::ConsumeRole::new(config, client, sessions.clone(), metrics.clone());
+            let role =
+                consume::ConsumeRole::new(config, client, plain_sessions.clone(), metrics.clone());
             roles.consuming = Some(role.status());
             roles.consume_task = Some(tokio::spawn(role.run(stop.clone())));
         }
         if let Some(listener) = inputs.publish_listener {
             let api = Arc::new(publish::PublishApi::new(
                 config,
-                sessions.clone(),
+                publish_sessions.clone(),
                 metrics.clone(),
             ));
             roles.publishing = Some(api.clone());
@@ -302,7 +322,7 @@ struct Running {
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
     consume_task: Option<JoinHandle<()>>,
     depth_task: JoinHandle<()>,
-    broker_task: JoinHandle<()>,
+    broker_tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -350,7 +370,9 @@ impl Running {
             warn!(?bound, "drain did not finish; closing anyway");
         }
         self.close.cancel();
-        let _ = self.broker_task.await;
+        for task in self.broker_tasks {
+            let _ = task.await;
+        }
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         info!("host-bridge stopped");

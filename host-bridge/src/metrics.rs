@@ -146,6 +146,10 @@ pub struct Metrics {
     pub producer_responses: IntCounterVec,
     /// Client requests the ingress role took, by outcome.
     pub ingress_requests: IntCounterVec,
+    /// Connections closed at the connection cap for a newer one, by
+    /// listener (`publish`, `ingress`, `admin`): each had no request in
+    /// service (never a whole head, or idle between requests).
+    pub connections_shed: IntCounterVec,
     /// Pushes to the worker, by worker answer class (`2xx`, `4xx`, `5xx`,
     /// `timeout`, `error`) and how long they took.
     pub worker_push_duration: HistogramVec,
@@ -290,6 +294,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            connections_shed: IntCounterVec::new(
+                Opts::new(
+                    "connections_shed_total",
+                    "Connections closed at the connection cap to make room for a newer one, by listener.",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
             worker_push_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "worker_push_duration_seconds",
@@ -306,7 +318,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(self.published.clone()),
             Box::new(self.publish_refusals.clone()),
             Box::new(self.publish_late_verdicts.clone()),
@@ -325,6 +337,7 @@ impl Metrics {
             Box::new(self.producer_requests.clone()),
             Box::new(self.producer_responses.clone()),
             Box::new(self.ingress_requests.clone()),
+            Box::new(self.connections_shed.clone()),
             Box::new(self.worker_push_duration.clone()),
         ];
         for collector in collectors {

@@ -1,12 +1,15 @@
-//! HTTP plumbing the bridge's servers share: JSON error answers, bounded
-//! and timed body reading, and serving a router until shutdown with a bound
-//! on connections and a deadline on every request's headers.
+//! HTTP plumbing the bridge's servers share: JSON error answers (hyper's
+//! own included, see `wire`), bounded and timed body reading, and serving a
+//! router until shutdown with a bound on connections that sheds the ones
+//! doing nothing first, and a deadline on every request's headers.
 //!
 //! Routes and their logic live in `publish`, `ingress` and `admin`.
 
+mod slots;
+mod wire;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,7 +22,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use job::{BodyError, ErrorBody};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -45,7 +47,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// The limits every listener applies.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
-    /// Connections served at once; the rest wait in the kernel's backlog.
+    /// Connections served at once. Past it, the oldest connection with no
+    /// request in service is closed for each new one; with none, the new
+    /// ones wait in the kernel's backlog.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers, and how long
     /// an idle keep-alive connection is kept.
@@ -229,28 +233,30 @@ fn header_bytes(request: &Request<Incoming>) -> usize {
 /// Serves `router` on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish.
 ///
-/// Each connection holds one of `limits.max_connections` permits, so that
-/// slow or idle clients can hold at most that many; headers must arrive
-/// within `limits.header_read_timeout` (hyper closes the connection past it,
-/// idle keep-alive connections included).
+/// At most `limits.max_connections` connections are open at once. One
+/// more is accepted anyway when some open one has no request in service:
+/// the oldest that has never sent a whole head goes, else the oldest idle
+/// keep-alive one (see `slots`), so a flood of slow or idle clients can't
+/// keep an honest one waiting in the kernel's backlog. Only when every
+/// connection has a request in service does accepting wait. Headers must
+/// arrive within `limits.header_read_timeout` (hyper closes the connection
+/// past it, idle keep-alive connections included).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    shed: prometheus::IntCounter,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = slots::Slots::new(limits.max_connections, shed);
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
+        tokio::select! {
             () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
+            () = slots.room() => {}
+        }
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -265,28 +271,53 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Room was there a moment ago; a connection may have started a
+        // request since. Then this one waits its turn like any other.
+        let slot = slots.take().await;
         let router = router.clone();
+        let phase = slot.phase();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut router = router.clone();
+            let busy = phase.busy();
             async move {
+                let Some(_busy) = busy else {
+                    return Ok(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "connection_shed",
+                        "this connection was closed for a newer one; send the request again",
+                    )
+                    .into_response());
+                };
                 if header_bytes(&request) > MAX_HEADER_BYTES {
                     return Ok::<_, Infallible>(ApiError::headers_too_large().into_response());
+                }
+                // `*` (OPTIONS) and `host:port` (CONNECT) name no resource
+                // here; nothing is forwarded or counted for them.
+                if !request.uri().path().starts_with('/') {
+                    return Ok(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_target",
+                        "the request target must be a path starting with /",
+                    )
+                    .into_response());
                 }
                 router.call(request).await
             }
         });
         let stop = stop.clone();
         connections.spawn(async move {
-            let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(MAX_READ_BUFFER);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(wire::JsonWire::new(stream));
+            let connection = builder.serve_connection(io, service);
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
+                // Shed for a newer connection: it had no request in service.
+                () = slot.evicted() => Ok(()),
                 () = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
@@ -295,6 +326,7 @@ pub async fn serve(
             if let Err(e) = served {
                 debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
