@@ -1736,3 +1736,70 @@ async fn a_connection_flood_past_the_cap_keeps_no_honest_client_waiting() -> Res
     inspector.delete_topology(&queue).await?;
     Ok(())
 }
+
+/// A bridge that publishes and consumes (as `make up` runs it) keeps a
+/// connection for each: a memory alarm blocks the publishing one, and the
+/// job in progress is still acked while the alarm lasts. On one shared
+/// connection the ack waited behind the block, timed out, and landed only
+/// after the alarm cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_blocks_publishes_but_not_the_consumers_acks() -> Result<()> {
+    let broker = PrivateBroker::start("stress-ack-alarm").await?;
+    let queue = unique_queue("stress-ack-alarm");
+    let amqp = broker.amqp_url();
+    let mut worker = testkit::standin::StandIn::start().await?;
+    let worker_url = worker.url();
+    let bridge = BridgeProcess::spawn(
+        &amqp,
+        &[
+            "--roles",
+            "publish,consume",
+            "--queue",
+            &queue,
+            "--worker-url",
+            &worker_url,
+            "--publish-timeout",
+            "1s",
+        ],
+    )
+    .await?;
+    bridge.wait_ready().await;
+    let publish = bridge.publish_url("/v1/publish");
+    let post = |id: &str, payload| testkit::rig::publish_to(&publish, job(id, payload));
+    assert_eq!(
+        post("in-progress", json!({"delays_ms": [3000]}))
+            .await?
+            .status(),
+        202
+    );
+    worker.next_received(Duration::from_secs(10)).await;
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.0000001"])
+        .await?;
+    // A publish during the alarm: the broker blocks that connection.
+    let refused = post("during", json!(null)).await?.status();
+    let reason = wait_unready(&bridge, Duration::from_secs(20)).await;
+    bridge
+        .wait_metric(
+            "host_bridge_jobs_total",
+            &[("outcome", "acked")],
+            1.0,
+            Duration::from_secs(15),
+        )
+        .await;
+    let ack_failures = bridge.metric("host_bridge_ack_failures_total", &[]).await;
+    let connected = bridge.metric("host_bridge_broker_connected", &[]).await;
+    println!(
+        "alarm: publish answered {refused}, not ready ({reason}); the job in progress acked \
+         during the alarm; ack failures {ack_failures:.0}; connections {connected:.0}"
+    );
+    assert_ne!(refused, 202);
+    assert!(reason.contains("broker_blocked"), "{reason}");
+    assert_eq!(ack_failures, 0.0);
+    assert_eq!(connected, 2.0, "one connection per role");
+    broker.ctl(&["set_vm_memory_high_watermark", "0.4"]).await?;
+    bridge.wait_ready().await;
+    let inspector = Inspector::connect_to(&amqp).await?;
+    inspector.delete_topology(&queue).await?;
+    Ok(())
+}

@@ -26,7 +26,8 @@ use crate::server::ApiError;
 /// What /readyz checks.
 #[derive(Clone)]
 pub struct Readiness {
-    sessions: SessionWatch,
+    /// One per AMQP connection the bridge keeps: all must be usable.
+    sessions: Vec<SessionWatch>,
     publishing: Option<Arc<PublishApi>>,
     consuming: Option<ConsumeStatus>,
     fronting: Option<Arc<Ingress>>,
@@ -37,7 +38,7 @@ impl Readiness {
     /// Readiness on the current session, each enabled role's own check, and
     /// not stopping.
     pub fn new(
-        sessions: SessionWatch,
+        sessions: Vec<SessionWatch>,
         publishing: Option<Arc<PublishApi>>,
         consuming: Option<ConsumeStatus>,
         stopping: CancellationToken,
@@ -56,9 +57,11 @@ impl Readiness {
         Self { fronting, ..self }
     }
 
-    /// The broker (`host:port`) the current connection is on, if any.
+    /// The broker (`host:port`) the first connection (the publish one,
+    /// when there are two) is on now, if any.
     pub fn broker(&self) -> Option<String> {
-        self.sessions.borrow().as_ref().map(|s| s.endpoint.clone())
+        let first = self.sessions.first()?;
+        first.borrow().as_ref().map(|s| s.endpoint.clone())
     }
 
     /// `Ok` when ready, else why not.
@@ -67,7 +70,8 @@ impl Readiness {
         if self.stopping.is_cancelled() {
             return Err("shutting down");
         }
-        if !self.sessions.borrow().as_ref().is_some_and(|s| s.usable()) {
+        let usable = |w: &SessionWatch| w.borrow().as_ref().is_some_and(|s| s.usable());
+        if !self.sessions.iter().all(usable) {
             return Err("the broker is not connected");
         }
         if let Some(refusal) = self.publishing.as_ref().and_then(|p| p.refusal()) {

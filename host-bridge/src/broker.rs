@@ -379,9 +379,43 @@ enum Ended {
     Unproductive(&'static str),
 }
 
-/// Owns the connection: keeps one open while the bridge runs, and publishes
+/// What one AMQP connection carries. A bridge that publishes and consumes
+/// (as `make up` runs it) opens one of each, as RabbitMQ recommends: a
+/// connection the broker blocks for an alarm stalls everything on it, and
+/// the consumer's acks must not wait behind the publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The publish API's confirm channel.
+    Publish,
+    /// Everything else: consuming, the queue-depth poll.
+    Plain,
+}
+
+impl Link {
+    /// The connections a config needs, one per link.
+    pub fn for_config(config: &Config) -> Vec<Link> {
+        match (config.has(Role::Publish), config.has(Role::Consume)) {
+            (true, true) => vec![Link::Publish, Link::Plain],
+            (true, false) => vec![Link::Publish],
+            (false, _) => vec![Link::Plain],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Link::Publish => "publish",
+            Link::Plain => "consume",
+        }
+    }
+}
+
+/// Owns one connection: keeps it open while the bridge runs, and publishes
 /// it through [`SessionWatch`].
 pub struct Broker {
+    link: Link,
+    /// The bridge's links not connected now, shared by its brokers:
+    /// `broker_up` is 1 only while it is 0.
+    down: Arc<std::sync::atomic::AtomicUsize>,
     endpoints: Vec<Endpoint>,
     heartbeat: Duration,
     connect_timeout: Duration,
@@ -394,8 +428,23 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker for this config. Nothing connects until [`Broker::run`].
-    pub fn new(config: &Config, metrics: Metrics) -> Result<Self, ConfigError> {
+    /// The brokers for this config, one per [`Link`]. Nothing connects
+    /// until [`Broker::run`].
+    pub fn for_config(config: &Config, metrics: &Metrics) -> Result<Vec<Self>, ConfigError> {
+        let links = Link::for_config(config);
+        let down = Arc::new(std::sync::atomic::AtomicUsize::new(links.len()));
+        links
+            .into_iter()
+            .map(|link| Self::new(config, metrics.clone(), link, down.clone()))
+            .collect()
+    }
+
+    fn new(
+        config: &Config,
+        metrics: Metrics,
+        link: Link,
+        down: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<Self, ConfigError> {
         let endpoints = config.endpoints().map_err(|reason| ConfigError {
             setting: "--amqp-url",
             reason,
@@ -409,15 +458,16 @@ impl Broker {
                 .set(0);
         }
         Ok(Self {
+            link,
+            down,
             endpoints,
             heartbeat: config.heartbeat,
             connect_timeout: config.connect_timeout,
             topology: Topology::from_config(config),
-            with_publisher: config.has(Role::Publish),
-            // Only a publish-only bridge (the producer's sidecar) drops a
-            // link for being unproductive: in a bridge that consumes too,
-            // that would also cut off the jobs in progress.
-            recycle: (config.has(Role::Publish) && !config.has(Role::Consume)).then_some(Recycle {
+            with_publisher: link == Link::Publish,
+            // Only the publish link is dropped for being unproductive: on
+            // the other, that would also cut off the jobs in progress.
+            recycle: (link == Link::Publish).then_some(Recycle {
                 after: config.publish_timeout,
                 nacks: config.max_length.is_none(),
             }),
@@ -425,6 +475,11 @@ impl Broker {
             metrics,
             sessions: watch::Sender::new(None),
         })
+    }
+
+    /// What this connection carries.
+    pub fn link(&self) -> Link {
+        self.link
     }
 
     /// A receiver of the current session.
@@ -479,9 +534,11 @@ impl Broker {
                 .metrics
                 .broker_connected
                 .with_label_values(&[endpoint.label.as_str()]);
-            self.metrics.broker_up.set(1);
-            connected.set(1);
-            info!(queue = %self.topology.queue, broker = %endpoint.label, "connected to the broker");
+            if self.down.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                self.metrics.broker_up.set(1);
+            }
+            connected.inc();
+            info!(queue = %self.topology.queue, broker = %endpoint.label, link = self.link.name(), "connected to the broker");
             let events = session.connection.events_listener();
             self.sessions.send_replace(Some(session.clone()));
             let started = Instant::now();
@@ -496,8 +553,9 @@ impl Broker {
             };
             // Withdraw the session first, so that no new work starts on it.
             self.sessions.send_replace(None);
+            self.down.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.metrics.broker_up.set(0);
-            connected.set(0);
+            connected.dec();
             let reason = match ended {
                 Ended::Closed => {
                     let closing = session.connection.close(REPLY_SUCCESS, "shutdown".into());
@@ -529,7 +587,7 @@ impl Broker {
             if others > 0 {
                 next = current + 1 + rand::rng().random_range(0..others);
             }
-            warn!(broker = %endpoint.label, reason, "reconnecting");
+            warn!(broker = %endpoint.label, link = self.link.name(), reason, "reconnecting");
             // Close what is left of the old connection, so that its socket
             // and channels don't linger; a wedged close must not stop the
             // reconnect.
@@ -568,8 +626,8 @@ impl Broker {
     }
 
     async fn open(&self, endpoint: &Endpoint) -> Result<Session, BrokerError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("host-bridge:{}", self.topology.queue).into());
+        let name = format!("host-bridge:{}:{}", self.topology.queue, self.link.name());
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         // The heartbeat goes into the URI because lapin takes it only from
         // there. The broker picks the lower of its own and ours.
         let mut uri = endpoint.uri.clone();
