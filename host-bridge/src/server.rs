@@ -306,12 +306,29 @@ pub async fn serve(
         });
         let stop = stop.clone();
         connections.spawn(async move {
+            // Until its first head is whole, a connection costs what it
+            // sent; hyper (and its buffers) start after.
+            let mut wire = wire::JsonWire::new(stream);
+            let gathered = tokio::select! {
+                gathered = tokio::time::timeout(limits.header_read_timeout, wire.gather()) => gathered,
+                () = slot.evicted() => return,
+                () = stop.cancelled() => return,
+            };
+            match gathered {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return,
+                Ok(Err(e)) => return debug!(error = %e, "connection failed before its first head"),
+                Err(_) => return debug!("no whole head within the header read timeout"),
+            }
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
+                // A client that shuts its side after the request (`nc -N`,
+                // some probes) still gets the answer.
+                .half_close(true)
                 .max_buf_size(MAX_READ_BUFFER);
-            let io = TokioIo::new(wire::JsonWire::new(stream));
+            let io = TokioIo::new(wire);
             let connection = builder.serve_connection(io, service);
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {

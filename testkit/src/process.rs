@@ -75,13 +75,21 @@ fn ephemeral_low() -> Option<u16> {
 
 /// The peak resident memory (`VmHWM`) of process `pid` so far, in bytes.
 pub fn peak_rss_of(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// The resident memory (`VmRSS`) of process `pid` now, in bytes.
+pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")?;
-    Ok(kib * 1024)
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// A host-bridge child process.
@@ -175,6 +183,11 @@ impl BridgeProcess {
     /// Its peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
         peak_rss_of(self.child.id().context("the process has exited")?)
+    }
+
+    /// Its resident memory now (`VmRSS`), in bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        rss_of(self.child.id().context("the process has exited")?)
     }
 
     /// Its process id.

@@ -6,6 +6,12 @@
 //! preface gets no answer at all. [`JsonWire`] wraps the socket and turns
 //! each of those into the same JSON error every other answer is.
 //!
+//! It also holds a connection's first head until it is whole, in a buffer
+//! the size of what arrived, before hyper sees a byte: hyper reserves its
+//! 8-16 KiB read buffer at the first byte, so 1,500 slow clients (a head
+//! trickled a byte at a time) held 33 MiB; now they hold what they sent.
+//! A head still unfinished at [`MAX_READ_BUFFER`] gets a JSON `431`.
+//!
 //! It recognises hyper's answer by its shape at the end of a write: a
 //! complete response head with a 4xx or 5xx status, no body and no
 //! `Content-Type`. Every answer of the bridge's own has a `Content-Type`
@@ -20,6 +26,8 @@ use job::ErrorBody;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::MAX_READ_BUFFER;
+
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -32,10 +40,21 @@ pub struct JsonWire {
     /// Bytes already taken from hyper and owed to the socket, with how many
     /// of them are written.
     owed: Option<(Vec<u8>, usize)>,
-    /// Whether anything was read yet: the HTTP/2 check looks only at the
-    /// start of a connection.
-    started: bool,
+    /// The first head as it arrives, then what of it hyper has not read.
+    first: First,
 }
+
+enum First {
+    /// Gathering: not yet a whole head.
+    Gathering(Vec<u8>),
+    /// Whole: handed to hyper from this offset.
+    Handing(Vec<u8>, usize),
+    /// Handed over: hyper reads the socket itself.
+    Done,
+}
+
+/// How much of the first head is read from the socket at a time.
+const GATHER_CHUNK: usize = 1024;
 
 impl JsonWire {
     /// Wraps an accepted connection.
@@ -43,7 +62,60 @@ impl JsonWire {
         Self {
             inner,
             owed: None,
-            started: false,
+            first: First::Gathering(Vec::new()),
+        }
+    }
+
+    /// Reads the first head until it is whole, before hyper is given the
+    /// connection: hyper allocates its buffers (8 KiB to write heads, 8-16
+    /// KiB to read them) when it starts, and a slow client should not cost
+    /// that. `Ok(true)`: serve it; `Ok(false)`: answered here (an HTTP/2
+    /// preface, a head too large), nothing more to do.
+    pub async fn gather(&mut self) -> io::Result<bool> {
+        let serve = std::future::poll_fn(|cx| self.poll_gather(cx)).await?;
+        if !serve {
+            std::future::poll_fn(|cx| self.poll_owed(cx)).await?;
+            let inner = &mut self.inner;
+            let _ = std::future::poll_fn(|cx| Pin::new(&mut *inner).poll_shutdown(cx)).await;
+        }
+        Ok(serve)
+    }
+
+    /// Reads until the first head is whole (or the peer stops sending):
+    /// `Ready(true)` when it is time to hand over, `Ready(false)` when the
+    /// connection got an answer of ours instead.
+    fn poll_gather(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let First::Gathering(head) = &mut self.first else {
+            return Poll::Ready(Ok(true));
+        };
+        loop {
+            let mut chunk = [0u8; GATHER_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            let read = buf.filled();
+            let at_end = read.is_empty();
+            head.extend_from_slice(read);
+            let n = head.len().min(H2_PREFACE.len());
+            let answer = if n >= b"PRI * ".len() && head[..n] == H2_PREFACE[..n] {
+                // An HTTP/2 client: answer in HTTP/1.1, which is all this
+                // server speaks.
+                Some(505)
+            } else if head.len() > MAX_READ_BUFFER && find_last(head, b"\r\n\r\n").is_none() {
+                Some(431)
+            } else {
+                None
+            };
+            if let Some(status) = answer {
+                // hyper sees an end of stream and closes after the answer.
+                self.first = First::Done;
+                self.owed = Some((json_error(status), 0));
+                return Poll::Ready(Ok(false));
+            }
+            if at_end || find_last(head, b"\r\n\r\n").is_some() {
+                let head = std::mem::take(head);
+                self.first = First::Handing(head, 0);
+                return Poll::Ready(Ok(true));
+            }
         }
     }
 
@@ -75,22 +147,20 @@ impl AsyncRead for JsonWire {
         if this.owed.is_some() {
             return Poll::Pending;
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if !this.started && buf.filled().len() > before {
-            this.started = true;
-            let read = &buf.filled()[before..];
-            let n = read.len().min(H2_PREFACE.len());
-            // An HTTP/2 client: answer in HTTP/1.1, which is all this
-            // server speaks, and show hyper an end of stream so that it
-            // closes after the answer goes out.
-            if read[..n] == H2_PREFACE[..n] && n >= b"PRI * ".len() {
-                buf.set_filled(before);
-                this.owed = Some((json_error(505), 0));
-                ready!(this.poll_owed(cx))?;
-            }
+        if !ready!(this.poll_gather(cx))? {
+            ready!(this.poll_owed(cx))?;
+            return Poll::Ready(Ok(()));
         }
-        Poll::Ready(Ok(()))
+        if let First::Handing(head, at) = &mut this.first {
+            let n = (head.len() - *at).min(buf.remaining());
+            buf.put_slice(&head[*at..*at + n]);
+            *at += n;
+            if *at == head.len() {
+                this.first = First::Done;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
