@@ -712,6 +712,9 @@ async fn wait_for_loss(
     }
 }
 
+/// How long each step of the queue-depth poll may take: one round trip.
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Waits until a usable session exists, or `stop` is cancelled.
 pub async fn current_session(
     sessions: &mut SessionWatch,
@@ -736,13 +739,15 @@ pub async fn poll_queue_depth(
 ) {
     let ready = metrics.queue_ready.with_label_values(&[queue.as_str()]);
     while let Some(session) = current_session(&mut sessions, &stop).await {
-        let channel = match session.connection.create_channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                debug!(error = %e, "queue depth: no channel");
+        let opened = tokio::time::timeout(POLL_TIMEOUT, session.connection.create_channel()).await;
+        let channel = match opened {
+            Ok(Ok(channel)) => channel,
+            failed => {
+                debug!(?failed, "queue depth: no channel");
                 let _ = tokio::select! {
                     () = stop.cancelled() => break,
                     changed = sessions.changed() => changed,
+                    () = tokio::time::sleep(interval) => Ok(()),
                 };
                 continue;
             }
@@ -753,22 +758,21 @@ pub async fn poll_queue_depth(
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions::default().passive(),
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(q) => ready.set(q.message_count().into()),
-                Err(e) => {
-                    debug!(error = %e, "queue depth: passive declare failed");
+            let declared = channel.queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            );
+            match tokio::time::timeout(POLL_TIMEOUT, declared).await {
+                Ok(Ok(q)) => ready.set(q.message_count().into()),
+                failed => {
+                    debug!(?failed, "queue depth: passive declare failed");
                     break;
                 }
             }
         }
-        let _ = channel.close(REPLY_SUCCESS, "done".into()).await;
+        let _ =
+            tokio::time::timeout(POLL_TIMEOUT, channel.close(REPLY_SUCCESS, "done".into())).await;
         // A failed declare (no such queue yet) closed the channel: wait one
         // interval before the next, rather than spinning.
         tokio::select! {

@@ -61,6 +61,11 @@ const SHUTDOWN_SWEEP: Duration = Duration::from_millis(50);
 /// an unsettled delivery when its channel closes.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long opening the consumer channel, declaring, setting the prefetch
+/// and subscribing may take together: a handful of round trips on a link
+/// that answered a moment ago.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the worker said about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
@@ -231,6 +236,9 @@ pub enum ConsumeError {
     /// Opening the channel, setting the prefetch or subscribing failed.
     #[error("failed to start consuming: {0}")]
     Subscribe(#[source] lapin::Error),
+    /// Subscribing took longer than this.
+    #[error("no answer to the subscribe sequence within {0:?}")]
+    SubscribeTimeout(Duration),
     /// The delivery stream failed (usually the connection was lost).
     #[error("the delivery stream failed: {0}")]
     Stream(#[source] lapin::Error),
@@ -763,7 +771,9 @@ impl ConsumeRole {
             ),
         }
         if let Some(channel) = last_channel {
-            let _ = channel.close(REPLY_SUCCESS, "drained".into()).await;
+            if let Err(e) = bounded(channel.close(REPLY_SUCCESS, "drained".into())).await {
+                debug!(error = %e, "closing the consumer channel");
+            }
         }
     }
 
@@ -776,7 +786,12 @@ impl ConsumeRole {
         stop: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<Channel, ConsumeError> {
-        let (channel, mut consumer) = self.subscribe(session).await?;
+        // A broker that accepted the connection and then went quiet must
+        // not hold the consumer here: the resubscribe loop retries.
+        let (channel, mut consumer) =
+            tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.subscribe(session))
+                .await
+                .map_err(|_| ConsumeError::SubscribeTimeout(SUBSCRIBE_TIMEOUT))??;
         self.consuming.store(true, Ordering::SeqCst);
         backoff.reset();
         info!(queue = %self.runner.queue, prefetch = self.runner.prefetch, "consuming");
@@ -808,9 +823,8 @@ impl ConsumeRole {
             }
         }
         self.consuming.store(false, Ordering::SeqCst);
-        if let Err(e) = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
+        if let Err(e) =
+            bounded(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await
         {
             warn!(error = %e, "could not cancel the consumer");
         }
@@ -820,13 +834,13 @@ impl ConsumeRole {
             tokio::time::timeout(SHUTDOWN_SWEEP, consumer.next()).await
         {
             debug!("requeueing a delivery that arrived during shutdown");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            if let Err(e) = bounded(delivery.acker.nack(requeue)).await {
+                debug!(error = %e, "requeueing at shutdown; the broker requeues it on close");
+            }
         }
         Ok(channel)
     }
