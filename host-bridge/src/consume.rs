@@ -770,10 +770,10 @@ impl ConsumeRole {
                 "drain deadline passed; unacked jobs return to the queue"
             ),
         }
-        if let Some(channel) = last_channel {
-            if let Err(e) = bounded(channel.close(REPLY_SUCCESS, "drained".into())).await {
-                debug!(error = %e, "closing the consumer channel");
-            }
+        if let Some(channel) = last_channel
+            && let Err(e) = bounded(channel.close(REPLY_SUCCESS, "drained".into())).await
+        {
+            debug!(error = %e, "closing the consumer channel");
         }
     }
 
