@@ -19,7 +19,7 @@ export AMQP_URL
 # per-user install under ~/.cache, built once (minutes) and shared by every
 # clone of the project, as cargo shares its registry.
 # Only the features `wasmtime serve -Scli` needs: no Winch, Pulley, GC,
-# debugger, wast, wizer, wasi-nn or disassemblers. See README "Local runtimes"
+# debugger, wast, wizer, wasi-nn or disassemblers. See docs/RUNNING.md, "Local runtimes",
 # for the cold install times.
 WASMTIME_FEATURES ?= run,serve,component-model-async,cranelift,cache,parallel-compilation,clap/default
 WASMTIME_ROOT ?= $(HOME)/.cache/wasm-jobs/wasmtime-$(WASMTIME_VERSION)-serve

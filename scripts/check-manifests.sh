@@ -40,7 +40,7 @@ for version in "$K8S_FLOOR" "$K8S_VERSION"; do
 done
 # The floor is real: a version before the sleep action must refuse the
 # Wasm containers' preStop (1.28 has no such field). If this starts to pass,
-# the floor stated in README.md is stale.
+# the floor stated in docs/KUBERNETES.md is stale.
 # (1.29 has the field, alpha and off by default: the floor rests on that
 # feature gate, which no schema shows.)
 if refusal=$("$venv/bin/kubernetes-validate" --strict --quiet --no-warn -k 1.28.0 "$out/app.yaml" 2>&1); then
