@@ -3,12 +3,12 @@
 //! proves in CI that it still runs, with tiny counts and no figures kept.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 
-#[derive(Parser)]
-#[command(about)]
+#[derive(Clone, clap::Parser)]
+#[command(about, version)]
 struct Args {
     /// Tiny counts, one run, results to target/bench-smoke.md: proves the harness works.
     #[arg(long)]
@@ -88,32 +88,53 @@ fn machine(options: &bench::Options) -> String {
     )
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    let options = if args.smoke {
-        bench::Options {
+impl Args {
+    /// The run these flags ask for, or the flag that is missing.
+    fn options(&self) -> Result<bench::Options, &'static str> {
+        let args = self.clone();
+        Ok(if args.smoke {
+            bench::Options {
+                amqp_url: args.amqp_url,
+                bridge: args.bridge,
+                wasmtime: args.wasmtime,
+                count: 40,
+                runs: 1,
+                concurrency: vec![1, 4],
+                prefetch: vec![1, 4],
+            }
+        } else {
+            bench::Options {
             amqp_url: args.amqp_url,
             bridge: args.bridge,
-            wasmtime: args.wasmtime,
-            count: 40,
-            runs: 1,
-            concurrency: vec![1, 4],
-            prefetch: vec![1, 4],
-        }
-    } else {
-        bench::Options {
-            amqp_url: args.amqp_url,
-            bridge: args.bridge,
-            wasmtime: Some(args.wasmtime.context(
-                "--wasmtime (or WASMTIME): the full run hosts components with wasmtime serve",
+            wasmtime: Some(args.wasmtime.ok_or(
+                "--wasmtime (or WASMTIME) is required: the full run hosts components with wasmtime serve",
             )?),
             count: args.count,
             runs: args.runs,
             concurrency: vec![1, 16, 64],
             prefetch: vec![1, 8, 32],
         }
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Args = cli_contract::parse("bench");
+    let options = match args.options() {
+        Ok(options) => options,
+        Err(missing) => return cli_contract::usage("bench", missing),
     };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return cli_contract::failure("bench", &e.into()),
+    };
+    match runtime.block_on(run(args, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => cli_contract::failure("bench", &e),
+    }
+}
+
+async fn run(args: Args, options: bench::Options) -> Result<()> {
     let results = bench::run(&options).await?;
     let machine = machine(&options);
     let report = bench::report(&results, &options, &machine);

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 
 /// Writes a Wasm component as an OCI artifact (application/wasm layer) in an
 /// OCI image layout directory.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(version)]
 struct Args {
     /// The component (.wasm).
@@ -22,12 +21,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    match run(cli_contract::parse("wasm-oci")) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wasm-oci: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli_contract::failure("wasm-oci", &e),
     }
 }
 
