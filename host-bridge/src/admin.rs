@@ -32,6 +32,7 @@ pub struct Readiness {
     consuming: Option<ConsumeStatus>,
     fronting: Option<Arc<Ingress>>,
     stopping: CancellationToken,
+    dead: crate::DeadTasks,
 }
 
 impl Readiness {
@@ -49,12 +50,23 @@ impl Readiness {
             consuming,
             fronting: None,
             stopping,
+            dead: crate::DeadTasks::default(),
         }
     }
 
     /// Also requires the ingress role's producer to accept connections.
     pub fn with_ingress(self, fronting: Option<Arc<Ingress>>) -> Self {
         Self { fronting, ..self }
+    }
+
+    /// Also requires that none of these tasks has ended early.
+    pub fn with_dead_tasks(self, dead: crate::DeadTasks) -> Self {
+        Self { dead, ..self }
+    }
+
+    /// The task that ended early, if one did.
+    pub fn ended(&self) -> Option<&'static str> {
+        self.dead.first()
     }
 
     /// The broker (`host:port`) the first connection (the publish one,
@@ -69,6 +81,9 @@ impl Readiness {
         // A stopping bridge takes no new work; say so before the checks below.
         if self.stopping.is_cancelled() {
             return Err("shutting down");
+        }
+        if self.dead.first().is_some() {
+            return Err("a task of the bridge ended early; see the logs");
         }
         let usable = |w: &SessionWatch| w.borrow().as_ref().is_some_and(|s| s.usable());
         if !self.sessions.iter().all(usable) {
@@ -115,7 +130,8 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// `{"ready", "broker"}`, plus `"reason"` when not ready. `broker` names
+/// `{"ready", "broker"}`, plus `"reason"` when not ready (and `"ended"`,
+/// the task, when one ended early). `broker` names
 /// the node the connection is on (null while disconnected), so that an
 /// operator sees how the bridges spread over a cluster.
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -124,10 +140,13 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         Ok(()) => {
             axum::Json(serde_json::json!({ "ready": true, "broker": broker })).into_response()
         }
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "ready": false, "reason": reason, "broker": broker })),
-        )
-            .into_response(),
+        Err(reason) => {
+            let mut body =
+                serde_json::json!({ "ready": false, "reason": reason, "broker": broker });
+            if let Some(task) = state.readiness.ended() {
+                body["ended"] = task.into();
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
     }
 }

@@ -250,21 +250,22 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// A clap error as one line, without the `error:` prefix or the pointer to
-/// `--help`: e.g. "invalid value 'bogus' for '--roles <ROLES>' [possible
-/// values: publish, consume, ingress]".
-pub fn one_line(error: &clap::Error) -> String {
-    error
-        .render()
-        .to_string()
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
-        })
-        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The `host:port` of an `http://host[:port][/]` URL, the only shape the
+/// component's address may take (a path prefix would be one more thing for
+/// routes to disagree on); `Err` says why not.
+pub fn upstream_addr(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "must be an http:// URL".to_owned())?;
+    if parsed.scheme() != "http" {
+        return Err("must be an http:// URL (the component is on loopback)".into());
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
+        return Err("must be http://host:port, without a path, query or user".into());
+    }
+    let host = parsed.host_str().ok_or("must name a host")?;
+    Ok(format!(
+        "{host}:{}",
+        parsed.port_or_known_default().unwrap_or(80)
+    ))
 }
 
 impl Config {
@@ -377,7 +378,7 @@ impl Config {
             }
         }
         if self.has(Role::Ingress) {
-            if let Err(reason) = crate::ingress::upstream_addr(&self.producer_url) {
+            if let Err(reason) = upstream_addr(&self.producer_url) {
                 return fail("--producer-url", &reason);
             }
             if self.ingress_max_in_flight == 0 {
@@ -551,7 +552,7 @@ mod tests {
             let err =
                 Config::try_parse_from(std::iter::once("host-bridge").chain(args.iter().copied()))
                     .unwrap_err();
-            let line = one_line(&err);
+            let line = cli_contract::one_line(&err);
             assert!(!line.contains('\n') && line.contains(names), "{line}");
             assert!(!line.starts_with("error:"), "{line}");
         }

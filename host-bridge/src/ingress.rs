@@ -37,7 +37,7 @@ use job::MAX_BODY_BYTES;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::config::{Config, upstream_addr};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::server::{ApiError, discard_body, read_body};
 
@@ -276,24 +276,6 @@ async fn read_answer(mut response: reqwest::Response) -> Result<Vec<u8>, &'stati
             Err(_) => return Err("the producer's answer broke off"),
         }
     }
-}
-
-/// The `host:port` of an `http://host[:port][/]` URL, the only shape the
-/// component's address may take (a path prefix would be one more thing for
-/// routes to disagree on); `Err` says why not.
-pub fn upstream_addr(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| "must be an http:// URL".to_owned())?;
-    if parsed.scheme() != "http" {
-        return Err("must be an http:// URL (the component is on loopback)".into());
-    }
-    if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
-        return Err("must be http://host:port, without a path, query or user".into());
-    }
-    let host = parsed.host_str().ok_or("must name a host")?;
-    Ok(format!(
-        "{host}:{}",
-        parsed.port_or_known_default().unwrap_or(80)
-    ))
 }
 
 /// `headers` without the hop-by-hop ones, including those a `Connection`

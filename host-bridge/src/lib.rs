@@ -64,6 +64,58 @@ pub enum BridgeError {
     },
 }
 
+/// The tasks of this bridge that ended before they were asked to: each is a
+/// role that no longer works, so `/readyz` fails, naming it, and it is
+/// logged at once rather than found at shutdown.
+#[derive(Clone, Default)]
+pub struct DeadTasks(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl DeadTasks {
+    /// The first task that ended early, if any.
+    pub fn first(&self) -> Option<&'static str> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .copied()
+    }
+
+    fn record(&self, task: &'static str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+    }
+
+    /// Spawns `work` as the task `what` (e.g. "the consume role"), which
+    /// should end only once `until` is cancelled. If it ends (or panics)
+    /// before, it is logged and recorded; a panic is passed on to whoever
+    /// awaits the handle.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        until: &CancellationToken,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        let (dead, until) = (self.clone(), until.clone());
+        tokio::spawn(async move {
+            let ended = tokio::spawn(work).await;
+            if !until.is_cancelled() {
+                let panicked = ended.as_ref().is_err_and(|e| e.is_panic());
+                tracing::error!(
+                    task = what,
+                    panicked,
+                    "a task of the bridge ended early; not ready"
+                );
+                dead.record(what);
+            }
+            match ended {
+                Ok(value) => value,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Only a runtime shutting down cancels a task.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+}
+
 /// A bridge with its listeners bound, ready to [`run`](Bridge::run).
 pub struct Bridge {
     config: Config,
@@ -178,17 +230,19 @@ impl Bridge {
                 .expect("every config has a link")
         };
         let (publish_sessions, plain_sessions) = (on(Link::Publish), on(Link::Plain));
+        let dead = DeadTasks::default();
         let broker_tasks: Vec<_> = brokers
             .into_iter()
-            .map(|b| tokio::spawn(b.run(close.clone())))
+            .map(|b| dead.spawn("the broker connection", &close, b.run(close.clone())))
             .collect();
-        let depth_task = tokio::spawn(broker::poll_queue_depth(
+        let depth_poll = broker::poll_queue_depth(
             plain_sessions.clone(),
             config.queue.clone(),
             config.queue_poll_interval,
             metrics.clone(),
             stop.clone(),
-        ));
+        );
+        let depth_task = dead.spawn("the queue depth poll", &stop, depth_poll);
         let roles = StartedRoles::start(
             &config,
             RoleInputs {
@@ -200,6 +254,7 @@ impl Bridge {
             &metrics,
             limits,
             [&front_stop, &stop],
+            &dead,
         );
         let readiness = admin::Readiness::new(
             links.into_iter().map(|(_, s)| s).collect(),
@@ -207,15 +262,17 @@ impl Bridge {
             roles.consuming,
             front_stop.clone(),
         )
-        .with_ingress(roles.fronting);
+        .with_ingress(roles.fronting)
+        .with_dead_tasks(dead.clone());
         let shed = metrics.connections_shed.with_label_values(&["admin"]);
-        let admin_task = tokio::spawn(server::serve(
+        let admin = server::serve(
             admin_listener,
             admin::router(metrics, readiness),
             limits,
             shed,
             admin_stop.clone().cancelled_owned(),
-        ));
+        );
+        let admin_task = dead.spawn("the admin server", &admin_stop, admin);
         for warning in config.warnings() {
             warn!("{warning}");
         }
@@ -267,13 +324,19 @@ impl StartedRoles {
         metrics: &Metrics,
         limits: server::ServeLimits,
         [front_stop, stop]: [&CancellationToken; 2],
+        dead: &DeadTasks,
     ) -> Self {
-        let serve = |what: &'static str, listener, router, stop: &CancellationToken| {
+        let serve = |what: &'static str, listener, router, until: &CancellationToken| {
             let label = what.split(' ').next().unwrap_or(what);
             let shed = metrics.connections_shed.with_label_values(&[label]);
-            let stop = stop.clone().cancelled_owned();
-            let served = server::serve(listener, router, limits, shed, stop);
-            (what, tokio::spawn(served))
+            let served = server::serve(
+                listener,
+                router,
+                limits,
+                shed,
+                until.clone().cancelled_owned(),
+            );
+            (what, dead.spawn(what, until, served))
         };
         let mut roles = StartedRoles {
             front_servers: Vec::new(),
@@ -287,7 +350,7 @@ impl StartedRoles {
             let role =
                 consume::ConsumeRole::new(config, client, plain_sessions.clone(), metrics.clone());
             roles.consuming = Some(role.status());
-            roles.consume_task = Some(tokio::spawn(role.run(stop.clone())));
+            roles.consume_task = Some(dead.spawn("the consume role", stop, role.run(stop.clone())));
         }
         if let Some(listener) = inputs.publish_listener {
             let api = Arc::new(publish::PublishApi::new(
@@ -393,4 +456,35 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Bridg
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BridgeError> {
     Bridge::bind(config).await?.run(shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_before_its_stop_is_recorded_and_one_that_ends_after_is_not() {
+        let dead = DeadTasks::default();
+        let stop = CancellationToken::new();
+        assert_eq!(dead.spawn("early", &stop, async { 1 }).await.unwrap(), 1);
+        assert_eq!(dead.first(), Some("early"));
+        let later = DeadTasks::default();
+        let stop_first = stop.clone();
+        let task = later.spawn(
+            "on time",
+            &stop,
+            async move { stop_first.cancelled().await },
+        );
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(later.first(), None);
+        // A panic is recorded and passed on.
+        let panicked = DeadTasks::default();
+        let fresh = CancellationToken::new();
+        let result = panicked
+            .spawn("panics", &fresh, async { panic!("boom") })
+            .await;
+        assert!(result.unwrap_err().is_panic());
+        assert_eq!(panicked.first(), Some("panics"));
+    }
 }

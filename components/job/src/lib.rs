@@ -2,13 +2,35 @@
 //! and host-bridge.
 //!
 //! This crate owns what crosses a process boundary: the JSON of a job, of a
-//! worker's result and of an error answer, plus the checks every HTTP edge
+//! worker's result and of an error answer, the headers of the producer's
+//! protocol with the publish API, plus the checks every HTTP edge
 //! applies to a request body (size, content type, UTF-8, JSON). It does no
 //! I/O, so it builds for `wasm32-wasip2` and natively alike.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+/// The header in which the producer says until when (Unix time in
+/// milliseconds) it will wait for the publish API's answer. The bridge
+/// starts a publish only if its whole confirm wait fits before then, so
+/// that a caller that gave up is never followed by a job queued behind its
+/// back.
+pub const DEADLINE_HEADER: &str = "publish-deadline";
+
+/// The AMQP header in which the publish API records when it published a
+/// job, in Unix milliseconds: the start of the job's queue wait. (The AMQP
+/// `timestamp` property is whole seconds, too coarse for a wait.)
+pub const PUBLISHED_AT_HEADER: &str = "x-published-at-ms";
+
+/// The header in which the producer asks the bridge to count this publish
+/// as its request `<METHOD> <route>`, answered with the bridge's verdict.
+pub const OBSERVE_HEADER: &str = "observe-request";
+
+/// The answer's header saying the bridge did count it: only then does the
+/// producer skip its own report. Not set past the caller's deadline, when
+/// the producer has given up and reports its own answer.
+pub const OBSERVE_COUNTED_HEADER: &str = "observe-counted";
 
 /// The largest body a client may `POST` to `/generate`: the limit the README
 /// states. A job is a small envelope, not a data transfer.

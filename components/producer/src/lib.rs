@@ -13,7 +13,11 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use futures::SinkExt;
-use job::{BodyError, ErrorBody, GenerateRequest, Job};
+// The protocol's headers with the publish API live in `job`, with the bridge.
+use job::{
+    BodyError, DEADLINE_HEADER, ErrorBody, GenerateRequest, Job, OBSERVE_COUNTED_HEADER,
+    OBSERVE_HEADER,
+};
 use spin_sdk::http::{
     Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam, send,
 };
@@ -40,15 +44,6 @@ const BRIDGE_TIMEOUT_ENV: &str = "BRIDGE_TIMEOUT_MS";
 /// only if its whole confirm wait fits before this deadline, which it reads
 /// from the `publish-deadline` header.
 const DEFAULT_BRIDGE_TIMEOUT_MS: u64 = 7_000;
-/// The header carrying that deadline (host-bridge's `publish::DEADLINE_HEADER`).
-const DEADLINE_HEADER: &str = "publish-deadline";
-/// The header asking the bridge to count the publish as this request,
-/// `<METHOD> <route>`, answered with its verdict (host-bridge's
-/// `publish::OBSERVE_HEADER`).
-const OBSERVE_HEADER: &str = "observe-request";
-/// The answer's header by which the bridge says it counted the answer
-/// (`publish::OBSERVE_COUNTED_HEADER`); without it the producer reports.
-const OBSERVE_COUNTED_HEADER: &str = "observe-counted";
 /// The header in which a client may choose the job id, so that a retry after
 /// an ambiguous answer is recognisably the same job.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
