@@ -447,3 +447,42 @@ async fn no_credential_in_the_logs_even_at_trace() -> Result<()> {
     }
     Ok(())
 }
+
+/// The wait every job pays, measured against waits known in advance: three
+/// jobs queued at once behind a worker that takes 1 s each, one at a time,
+/// wait about 0, 1 and 2 s in the queue (3 s in all), run 1 s each, and
+/// are done about 1, 2 and 3 s after their publish (6 s in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_wait_run_and_end_to_end_histograms_match_known_waits() -> Result<()> {
+    let rig = Rig::start("waits", &["--concurrency", "1"]).await?;
+    for n in 0..3 {
+        let response = rig
+            .publish(&format!("wait-{n}"), json!({ "delays_ms": [1000] }))
+            .await?;
+        assert_eq!(response.status(), 202);
+    }
+    rig.wait_jobs("acked", 3.0, Duration::from_secs(20)).await;
+    let bridge = &rig.bridge;
+    let read = |name: &'static str| async move {
+        let count = bridge.metric(&format!("{name}_count"), &[]).await;
+        let sum = bridge.metric(&format!("{name}_sum"), &[]).await;
+        (count, sum)
+    };
+    let wait = read("host_bridge_job_queue_wait_seconds").await;
+    let run = read("host_bridge_job_run_seconds").await;
+    let end_to_end = read("host_bridge_job_end_to_end_seconds").await;
+    println!(
+        "waits: queue wait {:.2} s over {} jobs (expected about 3), run {:.2} s (about 3), \
+         end to end {:.2} s (about 6)",
+        wait.1, wait.0, run.1, end_to_end.1
+    );
+    assert_eq!((wait.0, run.0, end_to_end.0), (3.0, 3.0, 3.0));
+    assert!((2.9..4.5).contains(&wait.1), "queue wait {}", wait.1);
+    assert!((3.0..4.0).contains(&run.1), "run {}", run.1);
+    assert!(
+        (5.9..8.0).contains(&end_to_end.1),
+        "end to end {}",
+        end_to_end.1
+    );
+    rig.finish().await
+}

@@ -125,6 +125,16 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     /// Time from delivery to acknowledgement.
     pub job_duration: Histogram,
+    /// How long each job waited in the queue: from its publish (the
+    /// `x-published-at-ms` header the publish API sets) to its first push
+    /// to a worker. First deliveries only; a job without the header, or
+    /// published by a clock ahead of this one, is clamped or skipped (see
+    /// `consume`).
+    pub job_queue_wait: Histogram,
+    /// How long the worker took over the push it answered with success.
+    pub job_run: Histogram,
+    /// From publish to ack: what the job's submitter waited in all.
+    pub job_end_to_end: Histogram,
     /// Jobs being worked on by this bridge now.
     pub jobs_in_flight: IntGauge,
     /// Ready messages in the queue, from a passive declare: queue-wide, so
@@ -160,6 +170,11 @@ pub struct Metrics {
 const JOB_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
     60.0,
+];
+// Waits in the queue run from nothing (an idle fleet) to many minutes (a
+// backlog the autoscaler is still catching up with).
+const WAIT_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 const PUBLISH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -233,6 +248,30 @@ impl Metrics {
                     "Time from delivery to acknowledgement.",
                 )
                 .buckets(JOB_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            job_queue_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "job_queue_wait_seconds",
+                    "Time from a job's publish to its first push to a worker (first deliveries).",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            job_run: Histogram::with_opts(
+                HistogramOpts::new(
+                    "job_run_seconds",
+                    "Time the worker took over the push it answered with success.",
+                )
+                .buckets(JOB_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            job_end_to_end: Histogram::with_opts(
+                HistogramOpts::new(
+                    "job_end_to_end_seconds",
+                    "Time from a job's publish to its ack.",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
             )
             .expect("valid metric"),
             jobs_in_flight: IntGauge::new("jobs_in_flight", "Jobs in progress in this bridge.")
@@ -318,7 +357,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(self.published.clone()),
             Box::new(self.publish_refusals.clone()),
             Box::new(self.publish_late_verdicts.clone()),
@@ -328,6 +367,9 @@ impl Metrics {
             Box::new(self.jobs.clone()),
             Box::new(self.publish_duration.clone()),
             Box::new(self.job_duration.clone()),
+            Box::new(self.job_queue_wait.clone()),
+            Box::new(self.job_run.clone()),
+            Box::new(self.job_end_to_end.clone()),
             Box::new(self.jobs_in_flight.clone()),
             Box::new(self.queue_ready.clone()),
             Box::new(self.ack_failures.clone()),

@@ -43,20 +43,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, PublishOutcome};
 use crate::server::{ApiError, discard_body, read_json_body};
 
-/// The header in which the producer says until when (Unix time in
-/// milliseconds) it will wait for this answer. The bridge starts a publish
-/// only if its whole confirm wait fits before then, so that a caller that
-/// gave up is never followed by a job queued behind its back.
-pub const DEADLINE_HEADER: &str = "publish-deadline";
-
-/// The header in which the producer asks the bridge to count this publish
-/// as its request `<METHOD> <route>`, answered with the bridge's verdict.
-pub const OBSERVE_HEADER: &str = "observe-request";
-
-/// The answer's header saying the bridge did count it: only then does the
-/// producer skip its own report. Not set past the caller's deadline, when
-/// the producer has given up and reports its own answer.
-pub const OBSERVE_COUNTED_HEADER: &str = "observe-counted";
+pub use job::{DEADLINE_HEADER, OBSERVE_COUNTED_HEADER, OBSERVE_HEADER};
 
 /// Time kept back from a deadline for writing the answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
@@ -253,7 +240,8 @@ impl PublishApi {
             .with_content_type("application/json".into())
             // 2 = persistent: quorum queues persist anyway; this states intent.
             .with_delivery_mode(2)
-            .with_timestamp(unix_seconds());
+            .with_timestamp(unix_seconds())
+            .with_headers(published_at_now());
         let queue = self.queue.clone();
         // The send and the wait run in their own task, so that a caller's
         // timeout does not drop a message lapin may already have written: the
@@ -360,6 +348,20 @@ async fn settle_late(
         .with_label_values(&[label])
         .inc();
     info!(id = ?id, verdict = label, "late verdict for a publish answered outcome_unknown");
+}
+
+/// The headers of a message published now: [`job::PUBLISHED_AT_HEADER`].
+fn published_at_now() -> lapin::types::FieldTable {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        job::PUBLISHED_AT_HEADER.into(),
+        lapin::types::AMQPValue::LongLongInt(ms),
+    );
+    headers
 }
 
 fn unix_seconds() -> u64 {
