@@ -1,7 +1,8 @@
 //! scalectl: see queue-length autoscaling instead of reading about it.
 //!
 //! - `plan` (`hpa`, `plan`, `chart`): predicts how an HPA scales a load,
-//!   before deploying it.
+//!   before deploying it, on the cluster `cluster` describes, after the
+//!   API server's `validation`; `quantity` reads Kubernetes quantities.
 //! - `tune`: searches for the HPA settings that meet a goal for a load at
 //!   the fewest pod-seconds.
 //! - `load`: fires `/generate` at a target and summarizes the answers.
@@ -9,10 +10,14 @@
 //!   timeline (CSV, SVG).
 
 pub mod chart;
+pub mod cli;
+pub mod cluster;
 pub mod hpa;
 pub mod load;
 pub mod plan;
+pub mod quantity;
 pub mod tune;
+pub mod validation;
 pub mod watch;
 
 use std::path::Path;
@@ -32,4 +37,17 @@ pub fn read_hpa(path: &Path) -> anyhow::Result<HorizontalPodAutoscaler> {
         }
     }
     anyhow::bail!("no HorizontalPodAutoscaler in {}", path.display())
+}
+
+/// Reads the HPA in a YAML file as the controller would act on it on
+/// `cluster`: refused with the API server's reasons if it would not be
+/// accepted there.
+pub fn read_spec(
+    path: &Path,
+    cluster: &cluster::Cluster,
+) -> anyhow::Result<(HorizontalPodAutoscaler, hpa::Spec)> {
+    let hpa = read_hpa(path)?;
+    validation::validate(&hpa, cluster.gates()).with_context(|| format!("{}", path.display()))?;
+    let spec = hpa::Spec::from_hpa(&hpa).with_context(|| format!("{}", path.display()))?;
+    Ok((hpa, spec))
 }

@@ -16,9 +16,15 @@
 
 use std::collections::VecDeque;
 
+use crate::cluster::Cluster;
 use crate::hpa::{Controller, Replicas, SYNC_PERIOD, Spec};
+use crate::quantity::Milli;
 
 const STEP: f64 = 0.1;
+/// The step in the controller's milliseconds: the controller's clock is
+/// `step × 100` exactly, never `step × 0.1` (174 × 0.1 is
+/// 17.400000000000002, which keeps an event exactly 15 s old in a window).
+const STEP_MS: i64 = 100;
 
 /// The load and the workers.
 #[derive(Debug, Clone)]
@@ -49,6 +55,8 @@ pub struct Scenario {
     pub horizon: f64,
     /// When each clock first ticks.
     pub phases: Phases,
+    /// The Kubernetes release and gates the controller runs with.
+    pub cluster: Cluster,
 }
 
 /// When each of the pipeline's clocks first ticks, seconds (each within its
@@ -142,6 +150,7 @@ impl Default for Scenario {
             initial_replicas: 1,
             horizon: 3600.0,
             phases: Phases::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -202,14 +211,16 @@ struct Pod {
 
 /// Runs the scenario against the HPA spec.
 pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
-    let mut controller = Controller::default();
+    let mut controller = Controller::new(scenario.cluster.tolerance_rule());
     let mut world = World::new(scenario, spec.min);
     let mut ticks = Vec::new();
     let mut timeline = Vec::new();
     let (mut peak, mut first_scale_up) = (world.replicas, None);
     let steps = (scenario.horizon / STEP) as u64;
     for step in 0..=steps {
-        let t = step as f64 * STEP;
+        // Tenths as the nearest float to the decimal (17.4, not
+        // 17.400000000000002), for the world; the controller gets integer ms.
+        let t = step as f64 / 10.0;
         world.arrive(t);
         world.finish(t);
         world.assign(t);
@@ -218,7 +229,9 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
             timeline.push(world.snapshot(t));
         }
         if every(t, SYNC_PERIOD, scenario.phases.sync) {
-            let desired = controller.sync(spec, t, world.scraped, world.observed(t));
+            let metric = Milli::from_units(i64::from(world.scraped));
+            let now_ms = step as i64 * STEP_MS;
+            let desired = controller.sync(spec, now_ms, metric, world.observed(t));
             if desired > world.replicas {
                 first_scale_up.get_or_insert(t - scenario.burst_at.min(t));
             }
@@ -276,9 +289,9 @@ struct World<'a> {
     total: u32,
     done: u32,
     /// The broker's last stats refresh of ready + unacked.
-    stats: f64,
+    stats: u32,
     /// What the last scrape read from the broker's stats.
-    scraped: f64,
+    scraped: u32,
     drain_time: Option<f64>,
 }
 
@@ -307,8 +320,8 @@ impl<'a> World<'a> {
             rate_arrived: 0,
             total: scenario.burst + steady(scenario, scenario.rate_duration),
             done: 0,
-            stats: 0.0,
-            scraped: 0.0,
+            stats: 0,
+            scraped: 0,
             drain_time: None,
         }
     }
@@ -382,7 +395,7 @@ impl<'a> World<'a> {
     /// The metric pipeline: broker stats, then the scrape.
     fn observe(&mut self, t: f64) {
         if every(t, self.scenario.stats_interval, self.scenario.phases.stats) {
-            self.stats = f64::from(self.ready + in_hand(&self.pods));
+            self.stats = self.ready + in_hand(&self.pods);
         }
         if every(
             t,
@@ -432,7 +445,7 @@ impl<'a> World<'a> {
             t,
             ready: self.ready,
             unacked: in_hand(&self.pods),
-            metric: self.scraped,
+            metric: f64::from(self.scraped),
             replicas: self.replicas,
             ready_pods,
         }
@@ -556,10 +569,10 @@ mod tests {
         Spec {
             min: 1,
             max,
-            target: crate::hpa::Target::AverageValue(5.0),
+            target: crate::hpa::Target::AverageValue(Milli::from_units(5)),
             up: Rules::default_up(),
             down: Rules {
-                stabilization: 120.0,
+                stabilization: 120,
                 ..Rules::default_down()
             },
             has_behavior: true,
@@ -670,12 +683,14 @@ mod tests {
         // ask for 200 (clamped to max), where averageValue asks for 10.
         let average = spec(20);
         let value = Spec {
-            target: crate::hpa::Target::Value(5.0),
+            target: crate::hpa::Target::Value(Milli::from_units(5)),
             ..spec(20)
         };
         let ready = Replicas::settled(20);
-        assert_eq!(crate::hpa::proposal(&average, 50.0, ready), Some(10));
-        assert_eq!(crate::hpa::proposal(&value, 50.0, ready), Some(200));
+        let t = crate::hpa::Tolerances::Absolute(crate::hpa::TOLERANCE);
+        let fifty = Milli::from_units(50);
+        assert_eq!(crate::hpa::proposal(&average, t, fifty, ready), Some(10));
+        assert_eq!(crate::hpa::proposal(&value, t, fifty, ready), Some(200));
         // So the fleet stays at max until the queue is nearly empty: the
         // same burst costs more pod-seconds.
         let (a, v) = (

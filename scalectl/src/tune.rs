@@ -31,8 +31,12 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::hpa::{Policy, Rules, SYNC_PERIOD, Select, Spec, Target};
+use crate::hpa::{Policy, Rules, Select, Spec, Target};
 use crate::plan::{Scenario, phase_grid, plan};
+use crate::quantity::{Milli, format_f64, format_milli};
+
+/// The sync period in the API's whole seconds, for policies.
+const SYNC_PERIOD_SECONDS: i32 = 15;
 
 /// What the load must see.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,7 +188,18 @@ pub enum TuneError {
 }
 
 /// The `averageValue` targets searched.
-const TARGETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0];
+const TARGETS: &[Milli] = &[
+    Milli::from_units(1),
+    Milli::from_units(2),
+    Milli::from_units(3),
+    Milli::from_units(4),
+    Milli::from_units(5),
+    Milli::from_units(6),
+    Milli::from_units(8),
+    Milli::from_units(10),
+    Milli::from_units(15),
+    Milli::from_units(20),
+];
 /// The `maxReplicas` values searched (up to the limit, which is added).
 const MAXES: &[i32] = &[
     1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200,
@@ -203,19 +218,19 @@ fn up_rules() -> Vec<Rules> {
     ]
     .into_iter()
     .map(|(percent, pods)| Rules {
-        stabilization: 0.0,
+        stabilization: 0,
         policies: vec![
             Policy::Percent {
                 value: percent,
-                period: SYNC_PERIOD,
+                period: SYNC_PERIOD_SECONDS,
             },
             Policy::Pods {
                 value: pods,
-                period: SYNC_PERIOD,
+                period: SYNC_PERIOD_SECONDS,
             },
         ],
         select: Select::Max,
-        tolerance: crate::hpa::TOLERANCE,
+        tolerance: None,
     })
     .collect()
 }
@@ -224,22 +239,22 @@ fn up_rules() -> Vec<Rules> {
 /// the pods a minute or all of them per sync period.
 fn down_rules() -> Vec<Rules> {
     let mut all = vec![];
-    for window in [0.0, 30.0, 60.0, 120.0, 300.0] {
+    for window in [0, 30, 60, 120, 300] {
         for policy in [
             Policy::Percent {
                 value: 50,
-                period: 60.0,
+                period: 60,
             },
             Policy::Percent {
                 value: 100,
-                period: SYNC_PERIOD,
+                period: SYNC_PERIOD_SECONDS,
             },
         ] {
             all.push(Rules {
                 stabilization: window,
                 policies: vec![policy],
                 select: Select::Max,
-                tolerance: crate::hpa::TOLERANCE,
+                tolerance: None,
             });
         }
     }
@@ -267,7 +282,7 @@ pub fn tune(
         .chain([limit])
         .collect();
     maxes.dedup();
-    let at = |target: f64, max: i32, up: &Rules, down: &Rules| Spec {
+    let at = |target: Milli, max: i32, up: &Rules, down: &Rules| Spec {
         min: base.min,
         max,
         target: Target::AverageValue(target),
@@ -433,7 +448,7 @@ fn by_cost(list: &mut [(Spec, Outcome)]) {
         a.extra_pod_seconds
             .total_cmp(&b.extra_pod_seconds)
             .then(sa.max.cmp(&sb.max))
-            .then(sb.target.value().total_cmp(&sa.target.value()))
+            .then(sb.target.value().cmp(&sa.target.value()))
     });
 }
 
@@ -455,7 +470,7 @@ pub fn apply(spec: &Spec, hpa: &mut HorizontalPodAutoscaler) -> anyhow::Result<(
         Target::AverageValue(v) => ("AverageValue", v),
         Target::Value(v) => ("Value", v),
     };
-    let quantity = Some(Quantity(quantity(value)));
+    let quantity = Some(Quantity(format_milli(value)));
     external.target = MetricTarget {
         type_: type_.to_owned(),
         average_value: if type_ == "AverageValue" {
@@ -473,25 +488,9 @@ pub fn apply(spec: &Spec, hpa: &mut HorizontalPodAutoscaler) -> anyhow::Result<(
     Ok(())
 }
 
-/// A quantity as Kubernetes writes it: `5`, `2500m` for 2.5, `12500u` for
-/// 0.0125: the coarsest unit that holds it whole, so that it reads back the
-/// same (a tolerance of 0.0125 must not become 13m).
-fn quantity(value: f64) -> String {
-    let whole = |x: f64| (x - x.round()).abs() < 1e-6;
-    if whole(value) {
-        format!("{value:.0}")
-    } else if whole(value * 1e3) {
-        format!("{:.0}m", value * 1e3)
-    } else if whole(value * 1e6) {
-        format!("{:.0}u", value * 1e6)
-    } else {
-        format!("{:.0}n", value * 1e9)
-    }
-}
-
 fn api_rules(rules: &Rules) -> HPAScalingRules {
     HPAScalingRules {
-        stabilization_window_seconds: Some(rules.stabilization as i32),
+        stabilization_window_seconds: Some(rules.stabilization),
         select_policy: Some(
             match rules.select {
                 Select::Max => "Max",
@@ -508,18 +507,18 @@ fn api_rules(rules: &Rules) -> HPAScalingRules {
                     Policy::Pods { value, period } => HPAScalingPolicy {
                         type_: "Pods".into(),
                         value,
-                        period_seconds: period as i32,
+                        period_seconds: period,
                     },
                     Policy::Percent { value, period } => HPAScalingPolicy {
                         type_: "Percent".into(),
                         value,
-                        period_seconds: period as i32,
+                        period_seconds: period,
                     },
                 })
                 .collect(),
         ),
-        tolerance: (rules.tolerance != crate::hpa::TOLERANCE)
-            .then(|| Quantity(quantity(rules.tolerance))),
+        // A tolerance of 0.0125 is written 12500u, not rounded to 13m.
+        tolerance: rules.tolerance.map(|t| Quantity(format_f64(t))),
     }
 }
 
@@ -533,17 +532,6 @@ mod tests {
         assert_eq!("wait=45s".parse::<Goal>(), Ok(Goal::Wait(45.0)));
         for bad in ["drain", "drain=fast", "latency=5s", "=5s"] {
             assert!(bad.parse::<Goal>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn quantities_are_written_as_kubernetes_does() {
-        assert_eq!(quantity(5.0), "5");
-        assert_eq!(quantity(2.5), "2500m");
-        assert_eq!(quantity(0.0125), "12500u");
-        for value in [0.05, 0.0125, 0.3, 7.0] {
-            let back = crate::watch::parse_quantity(&quantity(value)).unwrap();
-            assert!((back - value).abs() < 1e-12, "{value} -> {back}");
         }
     }
 }

@@ -51,43 +51,7 @@ pub struct Watcher {
 }
 
 fn quantity(q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity) -> Option<f64> {
-    parse_quantity(&q.0)
-}
-
-/// A Kubernetes quantity as a number: decimal SI suffixes (`n`, `u`, `m`,
-/// `k`, `M`, `G`, `T`, `P`, `E`), binary ones (`Ki` to `Ei`) and decimal
-/// exponents (`1e3`), as apimachinery's `resource.Quantity` reads them. An
-/// HPA reports `2k` or `1500m` as its metric's current value.
-pub fn parse_quantity(text: &str) -> Option<f64> {
-    const SUFFIXES: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1_048_576.0),
-        ("Gi", 1_073_741_824.0),
-        ("Ti", 1_099_511_627_776.0),
-        ("Pi", 1_125_899_906_842_624.0),
-        ("Ei", 1_152_921_504_606_846_976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    let text = text.trim();
-    let (number, scale) = SUFFIXES
-        .iter()
-        .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, *scale)))
-        .unwrap_or((text, 1.0));
-    // `1e3` parses as an exponent; a bare `E` suffix was taken above only
-    // when nothing follows it.
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite())
-        .map(|n| n * scale)
+    crate::quantity::parse_f64(&q.0)
 }
 
 impl Watcher {
@@ -282,30 +246,4 @@ pub fn svg(samples: &[Sample], title: &str) -> anyhow::Result<String> {
         ],
         &[],
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_quantity;
-
-    #[test]
-    fn quantities_read_every_suffix_kubernetes_writes() {
-        for (text, value) in [
-            ("2k", 2000.0),
-            ("1500m", 1.5),
-            ("7", 7.0),
-            ("1Ki", 1024.0),
-            ("3Mi", 3.0 * 1_048_576.0),
-            ("1e3", 1000.0),
-            ("250u", 0.00025),
-            ("2M", 2e6),
-            ("0.5", 0.5),
-        ] {
-            let got = parse_quantity(text).unwrap_or_else(|| panic!("{text} parses"));
-            assert!((got - value).abs() <= value.abs() * 1e-12, "{text}: {got}");
-        }
-        for bad in ["", "k", "2x", "abc"] {
-            assert_eq!(parse_quantity(bad), None, "{bad}");
-        }
-    }
 }

@@ -5,10 +5,11 @@
 //! decisions applied, and checks every sync.
 
 use proptest::prelude::*;
-use scalectl::hpa::{Controller, Policy, Replicas, Rules, Select, Spec, Target};
+use scalectl::hpa::{Controller, Policy, Replicas, Rules, Select, Spec, Target, ToleranceRule};
+use scalectl::quantity::Milli;
 
 fn policy() -> impl Strategy<Value = Policy> {
-    let period = prop::sample::select(vec![15.0, 30.0, 60.0, 120.0, 300.0]);
+    let period = prop::sample::select(vec![15, 30, 60, 120, 300]);
     prop_oneof![
         (1..=20i32, period.clone()).prop_map(|(value, period)| Policy::Pods { value, period }),
         (1..=300i32, period).prop_map(|(value, period)| Policy::Percent { value, period }),
@@ -17,10 +18,10 @@ fn policy() -> impl Strategy<Value = Policy> {
 
 fn rules(percent_cap: i32) -> impl Strategy<Value = Rules> {
     (
-        prop::sample::select(vec![0.0, 15.0, 60.0, 120.0, 300.0]),
+        prop::sample::select(vec![0, 15, 60, 120, 300]),
         prop::collection::vec(policy(), 1..=3),
         prop::sample::select(vec![Select::Max, Select::Min, Select::Disabled]),
-        prop::sample::select(vec![0.0, 0.05, 0.1, 0.3]),
+        prop::sample::select(vec![None, Some(0.0), Some(0.05), Some(0.3)]),
     )
         .prop_map(move |(stabilization, policies, select, tolerance)| Rules {
             stabilization,
@@ -45,8 +46,8 @@ fn spec() -> impl Strategy<Value = Spec> {
         0..=5i32,
         1..=40i32,
         prop_oneof![
-            (1..=20u32).prop_map(|v| Target::AverageValue(f64::from(v))),
-            (1..=100u32).prop_map(|v| Target::Value(f64::from(v))),
+            (1..=20i64).prop_map(|v| Target::AverageValue(Milli::from_units(v))),
+            (1..=100i64).prop_map(|v| Target::Value(Milli::from_units(v))),
         ],
         rules(300),
         rules(100),
@@ -64,8 +65,8 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 /// A metric series, one value per sync: random walks and jumps, queue
 /// lengths from 0 to 1,000.
-fn series() -> impl Strategy<Value = Vec<f64>> {
-    prop::collection::vec(0..=1000u32, 1..=60).prop_map(|v| v.into_iter().map(f64::from).collect())
+fn series() -> impl Strategy<Value = Vec<u32>> {
+    prop::collection::vec(0..=1000u32, 1..=60)
 }
 
 /// The replica count at `t`: after the last sync at or before it (the
@@ -93,10 +94,9 @@ fn policy_limit(policy: &Policy, start: i32, up: bool) -> i32 {
     }
 }
 
+/// `periodSeconds` as seconds on the test's clock.
 fn period(policy: &Policy) -> f64 {
-    match *policy {
-        Policy::Pods { period, .. } | Policy::Percent { period, .. } => period,
-    }
+    f64::from(policy.period())
 }
 
 fn longest(rules: &Rules) -> f64 {
@@ -110,13 +110,19 @@ proptest! {
     fn every_sync_keeps_the_invariants(spec in spec(), metrics in series(), start in 0..=45i32) {
         // Start inside [min, max]: the controller then never leaves it.
         let start = start.clamp(spec.min, spec.max);
-        let mut controller = Controller::default();
+        // Each direction's own tolerance (HPAConfigurableTolerance on).
+        let mut controller = Controller::new(ToleranceRule::PerDirection);
         let mut current = start;
         let mut history = vec![(-1.0, start)];
         for (i, &metric) in metrics.iter().enumerate() {
             let now = i as f64 * 15.0;
             let replicas = Replicas::settled(current);
-            let desired = controller.sync(&spec, now, metric, replicas);
+            let desired = controller.sync(
+                &spec,
+                i as i64 * 15_000,
+                Milli::from_units(i64::from(metric)),
+                replicas,
+            );
 
             // 1. Within [min, max] after every sync.
             prop_assert!(
@@ -129,10 +135,11 @@ proptest! {
             // (Without it, an older higher recommendation may still scale
             // up: upstream's older path, tested in hpa.rs.)
             let ratio = match spec.target {
-                Target::AverageValue(target) => metric / (target * f64::from(current)),
-                Target::Value(target) => metric / target,
+                Target::AverageValue(target) => f64::from(metric) / (target.as_f64() * f64::from(current)),
+                Target::Value(target) => f64::from(metric) / target.as_f64(),
             };
-            let within = (1.0 - spec.down.tolerance..=1.0 + spec.up.tolerance).contains(&ratio);
+            let (down, up) = (spec.down.tolerance.unwrap_or(0.1), spec.up.tolerance.unwrap_or(0.1));
+            let within = (1.0 - down..=1.0 + up).contains(&ratio);
             // At 0 replicas upstream ignores the tolerance (scale from zero).
             if spec.has_behavior && within && current != 0 {
                 prop_assert_eq!(desired, current, "ratio {} on {} replicas", ratio, current);
@@ -189,7 +196,7 @@ proptest! {
         let mut current = start;
         // Long enough for the slowest drawn policy (1 pod per 300 s from 45).
         for i in 0..1000 {
-            current = controller.sync(&spec, f64::from(i) * 15.0, 0.0, Replicas::settled(current));
+            current = controller.sync(&spec, i64::from(i) * 15_000, Milli(0), Replicas::settled(current));
         }
         if spec.down.select != Select::Disabled || !spec.has_behavior {
             prop_assert_eq!(current, spec.min);

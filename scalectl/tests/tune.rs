@@ -180,8 +180,15 @@ fn the_cli_writes_the_hpa_and_fails_in_one_line() -> anyhow::Result<()> {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("scalectl: no setting"), "{stderr}");
 
+    // A bad flag is a bad setting: one line naming it, exit 64 (EX_USAGE),
+    // not clap's usage block and exit 2.
     let bad = run(&["--goal", "latency=5s"])?;
-    assert_eq!(bad.status.code(), Some(2), "clap refuses a bad goal");
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("the goals are drain and wait"));
+    assert_eq!(bad.status.code(), Some(64), "clap refuses a bad goal");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--goal") && stderr.contains("the goals are drain and wait"),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -6,14 +6,20 @@
 //! production one, and the case says so.
 //!
 //! Upstream builds events and recommendations from `time.Now()` minus an
-//! age; here "now" is a fixed `NOW` and each record is `NOW - age`.
+//! age; here "now" is a fixed `NOW` and each record is `NOW - ms_of(age)`.
 
 // The tables are tuples, field for field as upstream's structs.
 #![allow(clippy::type_complexity)]
 
 use super::*;
+use crate::quantity::Milli;
 
-const NOW: f64 = 10_000.0;
+const NOW: i64 = 10_000_000;
+
+/// An age in seconds, as upstream writes it, in the controller's milliseconds.
+fn ms_of(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
+}
 
 /// `generateScalingRules(pods, podsPeriod, percent, percentPeriod, window)`:
 /// select Max; a Pods policy if `pods` is set, then a Percent policy if
@@ -31,24 +37,24 @@ fn g(
     if pods != 0 {
         policies.push(Policy::Pods {
             value: pods,
-            period: f64::from(pods_period),
+            period: pods_period,
         });
     }
     if percent != 0 {
         policies.push(Policy::Percent {
             value: percent,
-            period: f64::from(percent_period),
+            period: percent_period,
         });
     }
     Rules {
-        stabilization: f64::from(window),
+        stabilization: window,
         policies: if policies.is_empty() {
             default.policies
         } else {
             policies
         },
         select: Select::Max,
-        tolerance: TOLERANCE,
+        tolerance: None,
     }
 }
 
@@ -97,7 +103,7 @@ fn uniform(raw: &[i32], period: i32) -> ScaleEvents {
             .map(|(i, &change)| {
                 let age = (f64::from(period) - segment * (i + 1) as f64 + segment / 2.0).trunc();
                 ScaleEvent {
-                    at: NOW - age,
+                    at: NOW - ms_of(age),
                     change,
                     outdated: false,
                 }
@@ -110,7 +116,7 @@ fn events(list: &[(i32, f64, bool)]) -> ScaleEvents {
     ScaleEvents(
         list.iter()
             .map(|&(change, age, outdated)| ScaleEvent {
-                at: NOW - age,
+                at: NOW - ms_of(age),
                 change,
                 outdated,
             })
@@ -122,7 +128,7 @@ fn spec_with(min: i32, max: i32, up: Option<Rules>, down: Option<Rules>) -> Spec
     Spec {
         min,
         max,
-        target: Target::AverageValue(1.0),
+        target: Target::AverageValue(Milli(1000)),
         up: up.unwrap_or_else(Rules::default_up),
         down: down.unwrap_or_else(Rules::default_down),
         has_behavior: true,
@@ -139,7 +145,7 @@ fn replica_calc_external_cases() {
     let cases: &[(&str, Target, i32, i32, f64, (f64, f64), i32)] = &[
         (
             "TestReplicaCalcScaleUpCMExternal",
-            Target::Value(4.4),
+            Target::Value(Milli(4400)),
             1,
             1,
             8600.0,
@@ -149,7 +155,7 @@ fn replica_calc_external_cases() {
         // "Would expect 6 if we didn't ignore unready pods".
         (
             "TestReplicaCalcScaleUpCMExternalIgnoresUnreadyPods",
-            Target::Value(4.4),
+            Target::Value(Milli(4400)),
             3,
             1,
             8600.0,
@@ -158,7 +164,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcScaleUpCMExternalNoLabels",
-            Target::Value(4.4),
+            Target::Value(Milli(4400)),
             1,
             1,
             8600.0,
@@ -167,7 +173,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcScaleDownCMExternal",
-            Target::Value(14.334),
+            Target::Value(Milli(14334)),
             5,
             5,
             8600.0,
@@ -176,7 +182,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcToleranceCMExternal",
-            Target::Value(8.888),
+            Target::Value(Milli(8888)),
             3,
             3,
             8600.0,
@@ -185,7 +191,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcConfigurableToleranceCMExternal",
-            Target::Value(8.8),
+            Target::Value(Milli(8800)),
             3,
             3,
             8900.0,
@@ -194,7 +200,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcScaleUpPerPodCMExternal",
-            Target::AverageValue(2.15),
+            Target::AverageValue(Milli(2150)),
             3,
             3,
             8600.0,
@@ -203,7 +209,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcScaleDownPerPodCMExternal",
-            Target::AverageValue(2.867),
+            Target::AverageValue(Milli(2867)),
             5,
             5,
             8600.0,
@@ -212,7 +218,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcTolerancePerPodCMExternal",
-            Target::AverageValue(2.9),
+            Target::AverageValue(Milli(2900)),
             3,
             3,
             8600.0,
@@ -221,7 +227,7 @@ fn replica_calc_external_cases() {
         ),
         (
             "TestReplicaCalcConfigurableTolerancePerPodCMExternal",
-            Target::AverageValue(2.8),
+            Target::AverageValue(Milli(2800)),
             3,
             3,
             8600.0,
@@ -232,15 +238,16 @@ fn replica_calc_external_cases() {
     for &(name, target, current, ready, milli, (down, up), expected) in cases {
         let mut spec = spec_with(1, 100, None, None);
         spec.target = target;
-        spec.down.tolerance = down;
-        spec.up.tolerance = up;
+        // Upstream's cases pass Tolerances directly (the gate's side is
+        // tolerancesForHpa, tested in cluster.rs).
+        let tolerances = Tolerances::Within { down, up };
         let replicas = Replicas {
             spec: current,
             status: current,
             ready,
         };
         assert_eq!(
-            proposal(&spec, milli / 1000.0, replicas),
+            proposal(&spec, tolerances, Milli(milli as i64), replicas),
             Some(expected),
             "{name}"
         );
@@ -307,19 +314,19 @@ fn convert_desired_replicas_with_rules() {
 #[test]
 fn calculate_limits_with_select_min() {
     let rules = Rules {
-        stabilization: 300.0,
+        stabilization: 300,
         policies: vec![
             Policy::Pods {
                 value: 2,
-                period: 60.0,
+                period: 60,
             },
             Policy::Percent {
                 value: 50,
-                period: 60.0,
+                period: 60,
             },
         ],
         select: Select::Min,
-        tolerance: TOLERANCE,
+        tolerance: None,
     };
     let c = Controller::default();
     assert_eq!(c.scale_up_limit(&rules, NOW, 1), 2);
@@ -352,7 +359,7 @@ fn normalize_desired_replicas_without_behavior() {
     ];
     for &(name, recs, prenormalized, stabilized, length) in cases {
         let mut c = Controller {
-            recommendations: recs.iter().map(|&(v, age)| (NOW - age, v)).collect(),
+            recommendations: recs.iter().map(|&(v, age)| (NOW - ms_of(age), v)).collect(),
             ..Controller::default()
         };
         assert_eq!(
@@ -375,8 +382,8 @@ fn normalize_desired_replicas_with_behavior() {
         prenormalized: i32,
         stabilized: i32,
         stored: Option<&'static [i32]>,
-        up_window: f64,
-        down_window: f64,
+        up_window: i32,
+        down_window: i32,
     }
     let cases = [
         Case {
@@ -386,8 +393,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 5,
             stabilized: 5,
             stored: Some(&[5]),
-            up_window: 0.0,
-            down_window: 0.0,
+            up_window: 0,
+            down_window: 0,
         },
         Case {
             name: "simple scale down stabilization",
@@ -396,8 +403,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 3,
             stabilized: 5,
             stored: Some(&[4, 5, 3]),
-            up_window: 0.0,
-            down_window: 180.0,
+            up_window: 0,
+            down_window: 180,
         },
         Case {
             name: "simple scale up stabilization",
@@ -406,8 +413,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 7,
             stabilized: 4,
             stored: Some(&[4, 5, 7]),
-            up_window: 300.0,
-            down_window: 0.0,
+            up_window: 300,
+            down_window: 0,
         },
         Case {
             name: "no scale down stabilization",
@@ -416,8 +423,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 3,
             stabilized: 3,
             stored: Some(&[1, 2, 3]),
-            up_window: 300.0,
-            down_window: 0.0,
+            up_window: 300,
+            down_window: 0,
         },
         Case {
             name: "no scale up stabilization",
@@ -426,8 +433,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 3,
             stabilized: 3,
             stored: Some(&[4, 5, 3]),
-            up_window: 0.0,
-            down_window: 300.0,
+            up_window: 0,
+            down_window: 300,
         },
         Case {
             name: "no scale down stabilization, reuse recommendation element",
@@ -436,8 +443,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 3,
             stabilized: 3,
             stored: Some(&[10, 3]),
-            up_window: 0.0,
-            down_window: 0.0,
+            up_window: 0,
+            down_window: 0,
         },
         Case {
             name: "no scale up stabilization, reuse recommendation element",
@@ -446,8 +453,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 100,
             stabilized: 100,
             stored: Some(&[10, 100]),
-            up_window: 0.0,
-            down_window: 0.0,
+            up_window: 0,
+            down_window: 0,
         },
         Case {
             name: "scale down stabilization, reuse one of obsolete recommendation element",
@@ -456,8 +463,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 3,
             stabilized: 5,
             stored: Some(&[10, 4, 5, 3]),
-            up_window: 0.0,
-            down_window: 180.0,
+            up_window: 0,
+            down_window: 180,
         },
         Case {
             name: "scale up stabilization, reuse one of obsolete recommendation element",
@@ -466,8 +473,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 100,
             stabilized: 5,
             stored: Some(&[100, 6, 5, 9]),
-            up_window: 300.0,
-            down_window: 0.0,
+            up_window: 300,
+            down_window: 0,
         },
         Case {
             name: "scale up and down stabilization, do not scale up when prenormalized rec goes down",
@@ -476,8 +483,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 1,
             stabilized: 2,
             stored: None,
-            up_window: 300.0,
-            down_window: 300.0,
+            up_window: 300,
+            down_window: 300,
         },
         Case {
             name: "scale up and down stabilization, do not scale down when prenormalized rec goes up",
@@ -486,8 +493,8 @@ fn normalize_desired_replicas_with_behavior() {
             prenormalized: 3,
             stabilized: 2,
             stored: None,
-            up_window: 300.0,
-            down_window: 300.0,
+            up_window: 300,
+            down_window: 300,
         },
     ];
     for case in cases {
@@ -495,7 +502,11 @@ fn normalize_desired_replicas_with_behavior() {
         spec.up.stabilization = case.up_window;
         spec.down.stabilization = case.down_window;
         let mut c = Controller {
-            recommendations: case.recs.iter().map(|&(v, age)| (NOW - age, v)).collect(),
+            recommendations: case
+                .recs
+                .iter()
+                .map(|&(v, age)| (NOW - ms_of(age), v))
+                .collect(),
             ..Controller::default()
         };
         let got = c.stabilize(&spec, NOW, case.current, case.prenormalized);
@@ -1106,7 +1117,7 @@ fn store_scale_events() {
                 &mut c.down_events
             };
             *record = events(previous);
-            assert_eq!(record.changed_in(NOW, 60.0), change_before, "{name}");
+            assert_eq!(record.changed_in(NOW, 60), change_before, "{name}");
             let to = if up { 15 } else { 5 };
             c.store_scale_event(&spec, NOW, 10, to);
             let record = if up { &c.up_events } else { &c.down_events };
