@@ -2,7 +2,7 @@
 """Strict schema check of the custom resources in built manifests.
 
 kubernetes-validate only warns on CRD kinds it has no schema for. Here each
-ServiceMonitor, PodMonitor, ScaledObject and TriggerAuthentication is
+ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject and TriggerAuthentication is
 validated against models generated from the upstream CRDs (cloudcoil), which
 check types, enums and patterns; unknown fields, which those models let
 through, are caught by a round trip: every key given must come back.
@@ -32,11 +32,12 @@ from pathlib import Path
 import jsonschema
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
-from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PodMonitor, PrometheusRule, ServiceMonitor
 
 MODELS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitor,
     ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PrometheusRule,
     ("keda.sh/v1alpha1", "ScaledObject"): ScaledObject,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): TriggerAuthentication,
 }

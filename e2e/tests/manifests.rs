@@ -1453,3 +1453,46 @@ fn spin_shim_containers_have_writable_cache_and_state_under_a_read_only_root() -
     }
     Ok(())
 }
+
+/// The recording rules and alert are valid for the real Prometheus
+/// (`promtool check rules`), carry the release label the chart's Prometheus
+/// selects rules by, and read only histograms the bridge exports.
+#[test]
+fn recording_rules_pass_promtool_and_read_the_bridges_histograms() -> Result<()> {
+    let objects = build("manifests")?;
+    let rule = objects
+        .iter()
+        .find(|o| kind(o) == "PrometheusRule" && name(o) == "wasm-jobs")
+        .context("no PrometheusRule/wasm-jobs")?;
+    let rule = serde_json::to_value(rule)?;
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let dir = std::env::temp_dir().join(format!("wasm-jobs-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("rules.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&rule["spec"])?)?;
+    let output = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .context("promtool (Debian's prometheus package) is needed")?;
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    std::fs::remove_dir_all(&dir)?;
+    println!("promtool: {}", said.trim());
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("5 rules found"), "{said}");
+    // Every bridge metric the rules read is one the bridge exports.
+    let exported: BTreeSet<String> = host_bridge::Metrics::new()
+        .gather()
+        .iter()
+        .map(|f| format!("{}_bucket", f.name()))
+        .collect();
+    let text = rule["spec"].to_string();
+    for used in text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("host_bridge_"))
+    {
+        assert!(exported.contains(used), "the rules read {used}, which the bridge does not export");
+    }
+    Ok(())
+}
