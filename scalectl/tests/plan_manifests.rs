@@ -150,3 +150,61 @@ fn a_reader_that_leaves_early_ends_the_plan_quietly() -> anyhow::Result<()> {
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
+
+/// The two exactness cases on our own HPA. At --phase 0,0,2.4 the
+/// syncs fall at 2.4 + 15k s; the 1 -> 5 scale-up at 17.4 s is exactly
+/// 15 s old at 32.4 s and out of the policies' period, so upstream goes to
+/// 10 there (with float time, 174 x 0.1 = 17.400000000000002 kept it in,
+/// held 5, and drained in 126 s).
+#[test]
+fn a_fractional_sync_phase_counts_windows_exactly() -> anyhow::Result<()> {
+    let spec = Spec::from_hpa(&scalectl::read_hpa(
+        &Path::new(ROOT).join("manifests/hpa.yaml"),
+    )?)?;
+    let scenario = Scenario {
+        phases: "0,0,2.4".parse().map_err(anyhow::Error::msg)?,
+        ..Scenario::default()
+    };
+    let result = plan(&spec, &scenario);
+    let replicas: Vec<(f64, i32)> = result
+        .ticks
+        .iter()
+        .take(4)
+        .map(|t| (t.t, t.replicas))
+        .collect();
+    assert_eq!(replicas, [(2.4, 1), (17.4, 5), (32.4, 10), (47.4, 20)]);
+    // "drained at 116 s" as plan prints it.
+    assert_eq!(result.drain_time, Some(116.4));
+    Ok(())
+}
+
+/// A target of 1.4 and 21 messages: 21000 / 1400 = 15 replicas, as
+/// upstream divides milli-units, not (21 / 1.4).ceil() = 16.
+#[test]
+fn a_fractional_target_divides_in_milli_units() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("manifests/hpa.yaml"))?;
+    let hpa =
+        serde_yaml_ng::from_str(&text.replace("averageValue: \"5\"", "averageValue: \"1.4\""))?;
+    let spec = Spec::from_hpa(&hpa)?;
+    assert_eq!(spec.target.to_string(), "averageValue 1.4");
+    // 21 jobs that outlast the plan's first minute: the metric reads 21 at
+    // every sync from 15 s, and the fleet grows 1 -> 5 -> 10 -> 15.
+    let scenario = Scenario {
+        burst: 21,
+        service_time: 1000.0,
+        ..Scenario::default()
+    };
+    let result = plan(&spec, &scenario);
+    let seen: Vec<(f64, i32)> = result
+        .ticks
+        .iter()
+        .take(5)
+        .map(|t| (t.metric, t.replicas))
+        .collect();
+    assert_eq!(
+        seen,
+        [(0.0, 1), (21.0, 5), (21.0, 10), (21.0, 15), (21.0, 15)]
+    );
+    assert_eq!(result.peak_replicas, 15);
+    Ok(())
+}
