@@ -226,6 +226,29 @@ async fn not_ready_and_prompt_503_while_the_broker_is_unreachable() -> Result<()
             .await,
         1.0
     );
+    // One meaning each: the refusal is counted once more only as its
+    // reason, and a publish never sent is not a broker latency.
+    assert_eq!(
+        bridge
+            .metric(
+                "host_bridge_publish_refusals_total",
+                &[("reason", "broker_unavailable")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        bridge
+            .metric("host_bridge_publish_duration_seconds_count", &[])
+            .await,
+        0.0
+    );
+    // No depth was ever read: no series, rather than a 0 nobody measured.
+    let (_, text) = bridge.admin("/metrics").await?;
+    assert!(
+        !text.contains("host_bridge_queue_ready_messages{"),
+        "{text}"
+    );
     assert_eq!(bridge.metric("host_bridge_broker_up", &[]).await, 0.0);
     bridge.stop().await;
     Ok(())

@@ -325,8 +325,26 @@ async fn frozen_link(
     )
     .await;
     let noticed = frozen.elapsed();
+    // The queue depth is not reported while it can't be read: a stale
+    // figure would steer the autoscaler with a number nobody measured.
+    let depth_reported = || async {
+        let (_, text) = bridge.admin("/metrics").await.ok()?;
+        Some(text.contains("host_bridge_queue_ready_messages{"))
+    };
+    testkit::eventually(
+        "the queue depth to go absent",
+        Duration::from_secs(20),
+        || async { (depth_reported().await == Some(false)).then_some(()) },
+    )
+    .await;
     thaw().await?;
     bridge.wait_ready().await;
+    testkit::eventually(
+        "the queue depth to come back",
+        Duration::from_secs(20),
+        || async { (depth_reported().await == Some(true)).then_some(()) },
+    )
+    .await;
     let confirmed = bridge
         .metric("host_bridge_published_total", &[("outcome", "confirmed")])
         .await;

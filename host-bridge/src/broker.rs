@@ -737,7 +737,18 @@ pub async fn poll_queue_depth(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let ready = metrics.queue_ready.with_label_values(&[queue.as_str()]);
+    // Set afresh on each reading (a removed series' handle would not come
+    // back), and removed as soon as a reading fails: a stale depth while
+    // disconnected would feed the autoscaler a number nobody measured.
+    let ready = |depth: Option<u32>| match depth {
+        Some(depth) => metrics
+            .queue_ready
+            .with_label_values(&[queue.as_str()])
+            .set(depth.into()),
+        None => {
+            let _ = metrics.queue_ready.remove_label_values(&[queue.as_str()]);
+        }
+    };
     while let Some(session) = current_session(&mut sessions, &stop).await {
         let opened = tokio::time::timeout(POLL_TIMEOUT, session.connection.create_channel()).await;
         let channel = match opened {
@@ -764,9 +775,10 @@ pub async fn poll_queue_depth(
                 FieldTable::default(),
             );
             match tokio::time::timeout(POLL_TIMEOUT, declared).await {
-                Ok(Ok(q)) => ready.set(q.message_count().into()),
+                Ok(Ok(q)) => ready(Some(q.message_count())),
                 failed => {
                     debug!(?failed, "queue depth: passive declare failed");
+                    ready(None);
                     break;
                 }
             }

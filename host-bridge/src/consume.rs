@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::broker::{Backoff, REPLY_SUCCESS, Session, SessionWatch, Topology, current_session};
 use crate::config::Config;
-use crate::metrics::{JobOutcome, Metrics};
+use crate::metrics::{JobOutcome, Metrics, RetryReason};
 
 /// The first wait between pushes of a held job.
 const PUSH_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -616,7 +616,7 @@ impl JobRunner {
                     self.health.set(false);
                     let wait =
                         hint.map_or_else(|| backoff.next_delay(), |d| d.min(self.max_backoff));
-                    (wait, "unavailable")
+                    (wait, RetryReason::Unavailable)
                 }
                 Next::Retry => {
                     self.health.set(false);
@@ -627,10 +627,13 @@ impl JobRunner {
                         self.health.probe();
                         return (Pushed::Failed, result, pushes);
                     }
-                    (wait, "failed")
+                    (wait, RetryReason::Failed)
                 }
             };
-            self.metrics.push_retries.with_label_values(&[reason]).inc();
+            self.metrics
+                .push_retries
+                .with_label_values(&[reason.label()])
+                .inc();
             debug!(worker = ?result, ?wait, "push not settled; retrying");
             tokio::select! {
                 () = stop.cancelled() => return (Pushed::Stopped, result, pushes),

@@ -327,7 +327,13 @@ impl StartedRoles {
         dead: &DeadTasks,
     ) -> Self {
         let serve = |what: &'static str, listener, router, until: &CancellationToken| {
-            let label = what.split(' ').next().unwrap_or(what);
+            // `connections_shed_total{listener}`: the closed set publish,
+            // ingress (and admin, in `start`).
+            let label = if what == "ingress" {
+                "ingress"
+            } else {
+                "publish"
+            };
             let shed = metrics.connections_shed.with_label_values(&[label]);
             let served = server::serve(
                 listener,

@@ -68,6 +68,26 @@ impl JobOutcome {
     }
 }
 
+/// Why a push was retried in place. The label values of
+/// `push_retries_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The worker could not take work ("later": unreachable, 408, 429, 503).
+    Unavailable,
+    /// The worker failed (5xx, 3xx, a timeout, a reset, a cut-off answer).
+    Failed,
+}
+
+impl RetryReason {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::Unavailable => "unavailable",
+            RetryReason::Failed => "failed",
+        }
+    }
+}
+
 /// How the ingress role dealt with one client request. The label values of
 /// `ingress_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +127,8 @@ pub struct Metrics {
     pub published: IntCounterVec,
     /// Consumed jobs, by queue and outcome.
     pub jobs: IntCounterVec,
-    /// Publishes not confirmed, by the error code the caller got.
+    /// Publishes never sent to the broker, by why (the error code the
+    /// caller got): a breakdown of `published_total{outcome="refused"}`.
     pub publish_refusals: IntCounterVec,
     /// Verdicts that arrived after the caller got `504 outcome_unknown`:
     /// `confirmed` (queued after all), `refused`, `lost` (no verdict ever).
@@ -121,7 +142,8 @@ pub struct Metrics {
     /// 1 while the worker takes work; 0 while it is unreachable or says
     /// "later", and consumption is paused.
     pub worker_up: IntGauge,
-    /// Time from receiving a publish request to the broker's verdict.
+    /// Time from receiving a publish request to the broker's verdict (or
+    /// to `504`), for publishes sent to the broker; refusals are not timed.
     pub publish_duration: Histogram,
     /// Time from delivery to acknowledgement.
     pub job_duration: Histogram,
@@ -200,7 +222,7 @@ impl Metrics {
             publish_refusals: IntCounterVec::new(
                 Opts::new(
                     "publish_refusals_total",
-                    "Publishes not confirmed, by the error code the caller got.",
+                    "Publishes never sent to the broker, by why: a breakdown of published_total{outcome=\"refused\"}.",
                 ),
                 &["reason"],
             )
@@ -237,7 +259,7 @@ impl Metrics {
             publish_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "publish_duration_seconds",
-                    "Time from a publish request to the broker's verdict.",
+                    "Time from a publish request to the broker's verdict, for publishes sent to it (refusals are not timed).",
                 )
                 .buckets(PUBLISH_BUCKETS.to_vec()),
             )
@@ -389,13 +411,28 @@ impl Metrics {
         }
     }
 
-    /// Records a publish's outcome.
-    pub fn publish_done(&self, queue: &str, outcome: PublishOutcome, started: Instant) {
+    /// Records a publish's outcome; `refusal` is why one was not sent
+    /// (the error code), for [`PublishOutcome::Refused`] only.
+    pub fn publish_done(
+        &self,
+        queue: &str,
+        outcome: PublishOutcome,
+        refusal: Option<&str>,
+        started: Instant,
+    ) {
         self.published
             .with_label_values(&[queue, outcome.label()])
             .inc();
-        self.publish_duration
-            .observe(started.elapsed().as_secs_f64());
+        match (outcome, refusal) {
+            // Never sent: answered at once, and not a broker latency.
+            (PublishOutcome::Refused, Some(reason)) => {
+                self.publish_refusals.with_label_values(&[reason]).inc();
+            }
+            (PublishOutcome::Refused, None) => {}
+            _ => self
+                .publish_duration
+                .observe(started.elapsed().as_secs_f64()),
+        }
     }
 
     /// Records how the ingress role dealt with a request.
@@ -464,7 +501,7 @@ mod tests {
     #[test]
     fn names_carry_the_prefix_and_follow_conventions() {
         let metrics = Metrics::new();
-        metrics.publish_done("q", PublishOutcome::Confirmed, Instant::now());
+        metrics.publish_done("q", PublishOutcome::Confirmed, None, Instant::now());
         metrics.job_done("q", JobOutcome::DeadLettered);
         let text = metrics.encode();
         assert!(

@@ -413,7 +413,9 @@ async fn publish(
     let outcome = result
         .as_ref()
         .map_or_else(|(_, e)| e.outcome(), |_| PublishOutcome::Confirmed);
-    api.metrics.publish_done(&api.queue, outcome, started);
+    let refusal = result.as_ref().err().map(|(_, e)| e.code());
+    api.metrics
+        .publish_done(&api.queue, outcome, refusal, started);
     let mut response = match &result {
         Ok(id) => {
             debug!(id = ?id, "published");
@@ -421,10 +423,6 @@ async fn publish(
             (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err((id, e)) => {
-            api.metrics
-                .publish_refusals
-                .with_label_values(&[e.code()])
-                .inc();
             // Debug formatting escapes the id: it came from a client.
             warn!(id = ?id, error = %e, "publish not confirmed");
             ApiError::new(e.status(), e.code(), e.to_string())

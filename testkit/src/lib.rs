@@ -194,9 +194,9 @@ mod tests {
         use host_bridge::metrics::{JobOutcome, Metrics, PublishOutcome};
         let metrics = Metrics::new();
         let started = std::time::Instant::now();
-        metrics.publish_done("q", PublishOutcome::Confirmed, started);
-        metrics.publish_done("q", PublishOutcome::Confirmed, started);
-        metrics.publish_done("other", PublishOutcome::Confirmed, started);
+        metrics.publish_done("q", PublishOutcome::Confirmed, None, started);
+        metrics.publish_done("q", PublishOutcome::Confirmed, None, started);
+        metrics.publish_done("other", PublishOutcome::Confirmed, None, started);
         metrics.job_done("q", JobOutcome::Acked);
         metrics.broker_up.set(1);
         drop(metrics.job_started());
