@@ -46,11 +46,11 @@ impl Reference {
         let ratio = usage as f64 / (target as f64 * f64::from(current));
         let within = match self.rule {
             ToleranceRule::Absolute => (1.0 - ratio).abs() <= 0.1,
-            ToleranceRule::Within => 1.0 - 0.1 <= ratio && ratio <= 1.0 + 0.1,
+            ToleranceRule::Within => (1.0 - 0.1..=1.0 + 0.1).contains(&ratio),
             ToleranceRule::PerDirection => {
                 let down = spec.down.tolerance.unwrap_or(0.1);
                 let up = spec.up.tolerance.unwrap_or(0.1);
-                1.0 - down <= ratio && ratio <= 1.0 + up
+                (1.0 - down..=1.0 + up).contains(&ratio)
             }
         };
         if within {
