@@ -274,138 +274,200 @@ pub fn tune(
         return Err(TuneError::NoGoal);
     }
     scenario.validate().map_err(TuneError::Scenario)?;
-    let limit = search.max_replicas_limit.max(base.min).max(1);
-    let mut maxes: Vec<i32> = MAXES
-        .iter()
-        .copied()
-        .filter(|m| (base.min.max(1)..=limit).contains(m))
-        .chain([limit])
-        .collect();
-    maxes.dedup();
-    let at = |target: Milli, max: i32, up: &Rules, down: &Rules| Spec {
-        min: base.min,
-        max,
-        target: Target::AverageValue(target),
-        up: Rules {
-            tolerance: base.up.tolerance,
-            ..up.clone()
-        },
-        down: Rules {
-            tolerance: base.down.tolerance,
-            ..down.clone()
-        },
-        has_behavior: true,
-    };
-    let coarse = |spec: &Spec| evaluate(spec, scenario, search.search_steps);
+    let searcher = Searcher::new(base, scenario, goals, search);
+    let found = searcher.smallest_maxes()?;
+    let refined = searcher.every_scale_down(&found);
+    searcher.verified(refined)
+}
 
-    // Stage 1: the smallest maxReplicas per target and scale-up rule.
-    let mut found: Vec<(Spec, Outcome)> = vec![];
-    let mut closest = Closest::default();
-    let base_down = if base.has_behavior {
-        base.down.clone()
-    } else {
-        Rules::default_down()
-    };
-    for &target in TARGETS {
-        for up in up_rules() {
-            let top = at(target, *maxes.last().unwrap_or(&limit), &up, &base_down);
-            let outcome = coarse(&top);
-            closest.note(&outcome);
-            if !outcome.meets(goals) {
-                continue;
-            }
-            // Bisect for the smallest max that still meets the goals.
-            let (mut lo, mut hi) = (0, maxes.len() - 1);
-            let mut best = (top, outcome);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                let spec = at(target, maxes[mid], &up, &base_down);
-                let outcome = coarse(&spec);
-                if outcome.meets(goals) {
-                    best = (spec, outcome);
-                    hi = mid;
-                } else {
-                    lo = mid + 1;
+/// One search's fixed inputs, and its stages.
+struct Searcher<'a> {
+    base: &'a Spec,
+    scenario: &'a Scenario,
+    goals: &'a [Goal],
+    search: &'a Search,
+    /// The largest maxReplicas considered.
+    limit: i32,
+    /// The maxReplicas values considered, ascending, `limit` last.
+    maxes: Vec<i32>,
+}
+
+impl<'a> Searcher<'a> {
+    fn new(base: &'a Spec, scenario: &'a Scenario, goals: &'a [Goal], search: &'a Search) -> Self {
+        let limit = search.max_replicas_limit.max(base.min).max(1);
+        let mut maxes: Vec<i32> = MAXES
+            .iter()
+            .copied()
+            .filter(|m| (base.min.max(1)..=limit).contains(m))
+            .chain([limit])
+            .collect();
+        maxes.dedup();
+        Self {
+            base,
+            scenario,
+            goals,
+            search,
+            limit,
+            maxes,
+        }
+    }
+
+    /// A candidate: the base's minReplicas and tolerances, the rest given.
+    fn at(&self, target: Milli, max: i32, up: &Rules, down: &Rules) -> Spec {
+        Spec {
+            min: self.base.min,
+            max,
+            target: Target::AverageValue(target),
+            up: Rules {
+                tolerance: self.base.up.tolerance,
+                ..up.clone()
+            },
+            down: Rules {
+                tolerance: self.base.down.tolerance,
+                ..down.clone()
+            },
+            has_behavior: true,
+        }
+    }
+
+    /// A setting's figures on the search's coarse grid.
+    fn coarse(&self, spec: &Spec) -> Outcome {
+        evaluate(spec, self.scenario, self.search.search_steps)
+    }
+
+    /// Stage 1: for each target and scale-up rule, the smallest maxReplicas
+    /// that meets the goals, with the HPA's own scale-down rule; and the
+    /// file's own settings, unless past the limit. Cheapest first.
+    fn smallest_maxes(&self) -> Result<Vec<(Spec, Outcome)>, TuneError> {
+        let mut found: Vec<(Spec, Outcome)> = vec![];
+        let mut closest = Closest::default();
+        let down = if self.base.has_behavior {
+            self.base.down.clone()
+        } else {
+            Rules::default_down()
+        };
+        for &target in TARGETS {
+            for up in up_rules() {
+                let top = self.at(
+                    target,
+                    *self.maxes.last().unwrap_or(&self.limit),
+                    &up,
+                    &down,
+                );
+                let outcome = self.coarse(&top);
+                closest.note(&outcome);
+                if outcome.meets(self.goals) {
+                    found.push(self.bisect(target, &up, &down, (top, outcome)));
                 }
             }
-            found.push(best);
         }
+        let own = self.coarse(self.base);
+        if self.base.max <= self.limit && own.meets(self.goals) {
+            found.push((self.base.clone(), own));
+        }
+        if found.is_empty() {
+            return Err(closest.unreachable(self.limit, self.scenario));
+        }
+        by_cost(&mut found);
+        Ok(found)
     }
-    // The file's own settings, unless they are past the limit asked for.
-    let own = coarse(base);
-    if base.max <= limit && own.meets(goals) {
-        found.push((base.clone(), own));
-    }
-    if found.is_empty() {
-        return Err(closest.unreachable(limit, scenario));
-    }
-    by_cost(&mut found);
 
-    // Stage 2: every scale-down rule for the cheapest few.
-    let mut refined = found.clone();
-    for (spec, _) in found.iter().take(search.results.max(1)) {
-        if !spec.has_behavior {
-            continue;
-        }
-        for down in down_rules() {
-            let candidate = Spec {
-                down: Rules {
-                    tolerance: spec.down.tolerance,
-                    ..down
-                },
-                ..spec.clone()
-            };
-            let outcome = coarse(&candidate);
-            if outcome.meets(goals) {
-                refined.push((candidate, outcome));
+    /// The smallest max that still meets the goals, given that the
+    /// largest (`top`) does.
+    fn bisect(
+        &self,
+        target: Milli,
+        up: &Rules,
+        down: &Rules,
+        top: (Spec, Outcome),
+    ) -> (Spec, Outcome) {
+        let (mut lo, mut hi) = (0, self.maxes.len() - 1);
+        let mut best = top;
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let spec = self.at(target, self.maxes[mid], up, down);
+            let outcome = self.coarse(&spec);
+            if outcome.meets(self.goals) {
+                best = (spec, outcome);
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
         }
+        best
     }
-    by_cost(&mut refined);
 
-    // Stage 3: re-simulate the cheapest on the finer grid. The coarse
-    // grid's worst case can be kinder than the fine one's, so if none
-    // holds there, the error reports the fine figures.
-    let mut closest = Closest::default();
-    let mut results = vec![];
-    // At most four candidates checked per result asked for: on a fine grid
-    // (--phase-steps 20 is 8,000 runs each) checking every one would take
-    // minutes when the coarse grid was too kind to many.
-    let attempts = search.results.max(1) * 4;
-    for (spec, _) in refined.into_iter().take(attempts) {
-        if results.len() >= search.results.max(1) {
-            break;
+    /// Stage 2: every scale-down rule for the cheapest few. Cheapest first.
+    fn every_scale_down(&self, found: &[(Spec, Outcome)]) -> Vec<(Spec, Outcome)> {
+        let mut refined = found.to_vec();
+        for (spec, _) in found.iter().take(self.search.results.max(1)) {
+            if !spec.has_behavior {
+                continue;
+            }
+            for down in down_rules() {
+                let candidate = Spec {
+                    down: Rules {
+                        tolerance: spec.down.tolerance,
+                        ..down
+                    },
+                    ..spec.clone()
+                };
+                let outcome = self.coarse(&candidate);
+                if outcome.meets(self.goals) {
+                    refined.push((candidate, outcome));
+                }
+            }
         }
-        if results.iter().any(|c: &Candidate| c.spec == spec) {
-            continue;
-        }
-        let outcome = evaluate(&spec, scenario, search.verify_steps);
-        closest.note(&outcome);
-        if outcome.meets(goals) {
-            results.push(Candidate { spec, outcome });
-        }
+        by_cost(&mut refined);
+        refined
     }
-    // The file's own settings, on the same grid, whatever the coarse
-    // ranking said: so that #1 never costs more than they do.
-    if base.max <= limit && !results.iter().any(|c| c.spec == *base) {
-        let outcome = evaluate(base, scenario, search.verify_steps);
-        if outcome.meets(goals) {
-            results.push(Candidate {
-                spec: base.clone(),
-                outcome,
-            });
+
+    /// Stage 3: the cheapest re-simulated on the finer grid, and the
+    /// file's own settings on the same grid whatever the coarse ranking
+    /// said (so that #1 never costs more than they do). The coarse grid's
+    /// worst case can be kinder than the fine one's, so if none holds
+    /// there, the error reports the fine figures.
+    fn verified(&self, refined: Vec<(Spec, Outcome)>) -> Result<Vec<Candidate>, TuneError> {
+        let wanted = self.search.results.max(1);
+        let mut closest = Closest::default();
+        let mut results: Vec<Candidate> = vec![];
+        // At most four candidates checked per result asked for: on a fine
+        // grid (--phase-steps 20 is 8,000 runs each) checking every one
+        // would take minutes when the coarse grid was too kind to many.
+        for (spec, _) in refined.into_iter().take(wanted * 4) {
+            if results.len() >= wanted {
+                break;
+            }
+            if results.iter().any(|c| c.spec == spec) {
+                continue;
+            }
+            let outcome = evaluate(&spec, self.scenario, self.search.verify_steps);
+            closest.note(&outcome);
+            if outcome.meets(self.goals) {
+                results.push(Candidate { spec, outcome });
+            }
         }
+        let base = self.base;
+        if base.max <= self.limit && !results.iter().any(|c| c.spec == *base) {
+            let outcome = evaluate(base, self.scenario, self.search.verify_steps);
+            if outcome.meets(self.goals) {
+                results.push(Candidate {
+                    spec: base.clone(),
+                    outcome,
+                });
+            }
+        }
+        if results.is_empty() {
+            return Err(closest.unreachable(self.limit, self.scenario));
+        }
+        results.sort_by(|a, b| {
+            a.outcome
+                .extra_pod_seconds
+                .total_cmp(&b.outcome.extra_pod_seconds)
+        });
+        results.truncate(wanted);
+        Ok(results)
     }
-    if results.is_empty() {
-        return Err(closest.unreachable(limit, scenario));
-    }
-    results.sort_by(|a, b| {
-        a.outcome
-            .extra_pod_seconds
-            .total_cmp(&b.outcome.extra_pod_seconds)
-    });
-    results.truncate(search.results.max(1));
-    Ok(results)
 }
 
 /// The best worst-case figures seen, for the error when nothing meets the goals.
