@@ -73,27 +73,7 @@ impl std::str::FromStr for Quantity {
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
             .unwrap_or(text_trimmed.len());
         let (number, suffix) = text_trimmed.split_at(split);
-        let (mut exponent, binary) = match suffix {
-            "" => (0, 0),
-            "Ki" => (0, 1),
-            "Mi" => (0, 2),
-            "Gi" => (0, 3),
-            "Ti" => (0, 4),
-            "Pi" => (0, 5),
-            "Ei" => (0, 6),
-            "n" => (-9, 0),
-            "u" => (-6, 0),
-            "m" => (-3, 0),
-            "k" => (3, 0),
-            "M" => (6, 0),
-            "G" => (9, 0),
-            "T" => (12, 0),
-            "P" => (15, 0),
-            "E" => (18, 0),
-            // `1e3`, `1E-2`: a decimal exponent (a bare `E` is exa, above).
-            s if s.starts_with(['e', 'E']) => (s[1..].parse::<i32>().map_err(|_| syntax())?, 0),
-            _ => return Err(syntax()),
-        };
+        let (mut exponent, binary) = suffix_scale(suffix).ok_or_else(syntax)?;
         let (negative, digits) = match number.as_bytes().first() {
             Some(b'-') => (true, &number[1..]),
             Some(b'+') => (false, &number[1..]),
@@ -122,6 +102,33 @@ impl std::str::FromStr for Quantity {
             binary,
         })
     }
+}
+
+/// A suffix as (decimal exponent, powers of 1024): a binary suffix
+/// (`Ki`…`Ei`), a decimal SI one (`n u m k M G T P E`), or a decimal
+/// exponent (`e3`, `E-2`; a bare `E` is exa).
+fn suffix_scale(suffix: &str) -> Option<(i32, u32)> {
+    Some(match suffix {
+        "" => (0, 0),
+        "Ki" => (0, 1),
+        "Mi" => (0, 2),
+        "Gi" => (0, 3),
+        "Ti" => (0, 4),
+        "Pi" => (0, 5),
+        "Ei" => (0, 6),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        // `1e3`, `1E-2`: a decimal exponent (a bare `E` is exa, above).
+        s if s.starts_with(['e', 'E']) => (s[1..].parse::<i32>().ok()?, 0),
+        _ => return None,
+    })
 }
 
 impl Quantity {

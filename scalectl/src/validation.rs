@@ -10,7 +10,7 @@
 //! does not read it into a `hpa::Spec` (that is `hpa::Spec::from_hpa`).
 
 use k8s_openapi::api::autoscaling::v2::{
-    HPAScalingRules, HorizontalPodAutoscaler, MetricSpec, MetricTarget,
+    HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler, MetricSpec, MetricTarget,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 
@@ -44,33 +44,7 @@ pub fn validate(hpa: &HorizontalPodAutoscaler, gates: Gates) -> Result<(), Inval
     let Some(spec) = hpa.spec.as_ref() else {
         return Err(Invalid(vec!["spec: Required value".into()]));
     };
-    let floor = if gates.scale_to_zero { 0 } else { 1 };
-    if let Some(min) = spec.min_replicas
-        && min < floor
-    {
-        let why = if floor == 1 && min == 0 {
-            " (0 needs the HPAScaleToZero feature gate)"
-        } else {
-            ""
-        };
-        errors.push(format!(
-            "spec.minReplicas: Invalid value: {min}: must be greater than or equal to {floor}{why}"
-        ));
-    }
-    if spec.max_replicas < 1 {
-        errors.push(format!(
-            "spec.maxReplicas: Invalid value: {}: must be greater than 0",
-            spec.max_replicas
-        ));
-    }
-    if let Some(min) = spec.min_replicas
-        && spec.max_replicas < min
-    {
-        errors.push(format!(
-            "spec.maxReplicas: Invalid value: {}: must be greater than or equal to `minReplicas`",
-            spec.max_replicas
-        ));
-    }
+    replica_bounds(spec.min_replicas, spec.max_replicas, gates, &mut errors);
     metrics(
         spec.metrics.as_deref().unwrap_or_default(),
         spec.min_replicas,
@@ -90,6 +64,38 @@ pub fn validate(hpa: &HorizontalPodAutoscaler, gates: Gates) -> Result<(), Inval
         Ok(())
     } else {
         Err(Invalid(errors))
+    }
+}
+
+/// `validateHorizontalPodAutoscalerSpec`'s bounds: minReplicas at least 1
+/// (0 with HPAScaleToZero), maxReplicas at least 1 and at least min.
+fn replica_bounds(min: Option<i32>, max: i32, gates: Gates, errors: &mut Vec<String>) {
+    let floor = if gates.scale_to_zero { 0 } else { 1 };
+    if let Some(min) = min
+        && min < floor
+    {
+        let why = if floor == 1 && min == 0 {
+            " (0 needs the HPAScaleToZero feature gate)"
+        } else {
+            ""
+        };
+        errors.push(format!(
+            "spec.minReplicas: Invalid value: {min}: must be greater than or equal to {floor}{why}"
+        ));
+    }
+    if max < 1 {
+        errors.push(format!(
+            "spec.maxReplicas: Invalid value: {}: must be greater than 0",
+            max
+        ));
+    }
+    if let Some(min) = min
+        && max < min
+    {
+        errors.push(format!(
+            "spec.maxReplicas: Invalid value: {}: must be greater than or equal to `minReplicas`",
+            max
+        ));
     }
 }
 
@@ -180,30 +186,7 @@ fn scaling_rules(rules: &HPAScalingRules, path: &str, gates: Gates, errors: &mut
         ));
     }
     for (i, policy) in rules.policies.iter().flatten().enumerate() {
-        let at = format!("{path}.policies[{i}]");
-        if policy.type_ != "Pods" && policy.type_ != "Percent" {
-            errors.push(format!(
-                "{at}.type: Unsupported value: {:?}: supported values: \"Percent\", \"Pods\"",
-                policy.type_
-            ));
-        }
-        if policy.value <= 0 {
-            errors.push(format!(
-                "{at}.value: Invalid value: {}: must be greater than zero",
-                policy.value
-            ));
-        }
-        if policy.period_seconds <= 0 {
-            errors.push(format!(
-                "{at}.periodSeconds: Invalid value: {}: must be greater than zero",
-                policy.period_seconds
-            ));
-        } else if policy.period_seconds > MAX_PERIOD_SECONDS {
-            errors.push(format!(
-                "{at}.periodSeconds: Invalid value: {}: must be less than or equal to {MAX_PERIOD_SECONDS}",
-                policy.period_seconds
-            ));
-        }
+        scaling_policy(policy, &format!("{path}.policies[{i}]"), errors);
     }
     if gates.configurable_tolerance
         && let Some(q) = &rules.tolerance
@@ -212,6 +195,34 @@ fn scaling_rules(rules: &HPAScalingRules, path: &str, gates: Gates, errors: &mut
         errors.push(format!(
             "{path}.tolerance: Invalid value: {:?}: must be greater than or equal to 0",
             q.0
+        ));
+    }
+}
+
+/// `validateScalingPolicy`: a known type, a positive value, a period of
+/// 1 to 1800 s.
+fn scaling_policy(policy: &HPAScalingPolicy, at: &str, errors: &mut Vec<String>) {
+    if policy.type_ != "Pods" && policy.type_ != "Percent" {
+        errors.push(format!(
+            "{at}.type: Unsupported value: {:?}: supported values: \"Percent\", \"Pods\"",
+            policy.type_
+        ));
+    }
+    if policy.value <= 0 {
+        errors.push(format!(
+            "{at}.value: Invalid value: {}: must be greater than zero",
+            policy.value
+        ));
+    }
+    if policy.period_seconds <= 0 {
+        errors.push(format!(
+            "{at}.periodSeconds: Invalid value: {}: must be greater than zero",
+            policy.period_seconds
+        ));
+    } else if policy.period_seconds > MAX_PERIOD_SECONDS {
+        errors.push(format!(
+            "{at}.periodSeconds: Invalid value: {}: must be less than or equal to {MAX_PERIOD_SECONDS}",
+            policy.period_seconds
         ));
     }
 }
