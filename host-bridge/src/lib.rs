@@ -443,10 +443,21 @@ impl Running {
             let _ = task.await;
         }
         self.admin_stop.cancel();
-        let _ = self.admin_task.await;
+        // A scrape in progress finishes; a client that stopped reading its
+        // answer does not hold the exit.
+        if tokio::time::timeout(ADMIN_DRAIN, self.admin_task)
+            .await
+            .is_err()
+        {
+            warn!(limit = ?ADMIN_DRAIN, "the admin server did not drain; exiting anyway");
+        }
         info!("host-bridge stopped");
     }
 }
+
+/// How long the admin server's last requests may take at exit: a scrape
+/// or a probe answers in milliseconds.
+const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Beyond the roles' own deadlines, what a drain may take before the
 /// bridge closes anyway.

@@ -119,6 +119,47 @@ impl IngressOutcome {
     }
 }
 
+/// Defines each family and registers it in one step, so that a family can
+/// be neither defined without registering nor registered twice. The names
+/// and labels are this module's own constants: a failure is a bug, caught
+/// by the first test that builds [`Metrics`].
+struct Define<'a>(&'a Registry);
+
+impl Define<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, family: C) -> C {
+        self.0
+            .register(Box::new(family.clone()))
+            .expect("each metric is valid and registered once");
+        family
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histograms(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+}
+
 /// Every metric host-bridge exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -208,206 +249,107 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some(PREFIX.to_owned()), None)
             .expect("a static prefix is a valid registry prefix");
-        let metrics = Self {
-            published: IntCounterVec::new(
-                Opts::new("published_total", "Publishes, by outcome."),
-                &["queue", "outcome"],
-            )
-            .expect("valid metric"),
-            jobs: IntCounterVec::new(
-                Opts::new("jobs_total", "Consumed jobs, by outcome."),
-                &["queue", "outcome"],
-            )
-            .expect("valid metric"),
-            publish_refusals: IntCounterVec::new(
-                Opts::new(
-                    "publish_refusals_total",
-                    "Publishes never sent to the broker, by why: a breakdown of published_total{outcome=\"refused\"}.",
-                ),
+        let d = Define(&registry);
+        Self {
+            published: d.counters("published_total", "Publishes, by outcome.", &["queue", "outcome"]),
+            jobs: d.counters("jobs_total", "Consumed jobs, by outcome.", &["queue", "outcome"]),
+            publish_refusals: d.counters(
+                "publish_refusals_total",
+                "Publishes never sent to the broker, by why: a breakdown of published_total{outcome=\"refused\"}.",
                 &["reason"],
-            )
-            .expect("valid metric"),
-            publish_late_verdicts: IntCounterVec::new(
-                Opts::new(
-                    "publish_late_verdicts_total",
-                    "Broker verdicts that arrived after the caller was told outcome_unknown.",
-                ),
+            ),
+            publish_late_verdicts: d.counters(
+                "publish_late_verdicts_total",
+                "Broker verdicts that arrived after the caller was told outcome_unknown.",
                 &["verdict"],
-            )
-            .expect("valid metric"),
-            malformed_jobs: IntCounterVec::new(
-                Opts::new(
-                    "malformed_jobs_total",
-                    "Deliveries dead-lettered without a push because they are not a valid job.",
-                ),
+            ),
+            malformed_jobs: d.counters(
+                "malformed_jobs_total",
+                "Deliveries dead-lettered without a push because they are not a valid job.",
                 &["reason"],
-            )
-            .expect("valid metric"),
-            push_retries: IntCounterVec::new(
-                Opts::new(
-                    "push_retries_total",
-                    "Pushes to the worker retried in place, by why.",
-                ),
+            ),
+            push_retries: d.counters(
+                "push_retries_total",
+                "Pushes to the worker retried in place, by why.",
                 &["reason"],
-            )
-            .expect("valid metric"),
-            worker_up: IntGauge::new(
+            ),
+            worker_up: d.gauge(
                 "worker_up",
                 "1 while the worker takes work; 0 while consumption is paused for it.",
-            )
-            .expect("valid metric"),
-            publish_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "publish_duration_seconds",
-                    "Time from a publish request to the broker's verdict, for publishes sent to it (refusals are not timed).",
-                )
-                .buckets(PUBLISH_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            job_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "job_duration_seconds",
-                    "Time from delivery to acknowledgement.",
-                )
-                .buckets(JOB_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            job_queue_wait: Histogram::with_opts(
-                HistogramOpts::new(
-                    "job_queue_wait_seconds",
-                    "Time from a job's publish to its first push to a worker (first deliveries).",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            job_run: Histogram::with_opts(
-                HistogramOpts::new(
-                    "job_run_seconds",
-                    "Time the worker took over the push it answered with success.",
-                )
-                .buckets(JOB_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            job_end_to_end: Histogram::with_opts(
-                HistogramOpts::new(
-                    "job_end_to_end_seconds",
-                    "Time from a job's publish to its ack.",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            jobs_in_flight: IntGauge::new("jobs_in_flight", "Jobs in progress in this bridge.")
-                .expect("valid metric"),
-            queue_ready: IntGaugeVec::new(
-                Opts::new(
-                    "queue_ready_messages",
-                    "Ready messages in the queue (queue-wide, from a passive declare): \
-                     combine with max.",
-                ),
+            ),
+            publish_duration: d.histogram(
+                "publish_duration_seconds",
+                "Time from a publish request to the broker's verdict, for publishes sent to it (refusals are not timed).",
+                PUBLISH_BUCKETS,
+            ),
+            job_duration: d.histogram(
+                "job_duration_seconds",
+                "Time from delivery to acknowledgement.",
+                JOB_BUCKETS,
+            ),
+            job_queue_wait: d.histogram(
+                "job_queue_wait_seconds",
+                "Time from a job's publish to its first push to a worker (first deliveries).",
+                WAIT_BUCKETS,
+            ),
+            job_run: d.histogram(
+                "job_run_seconds",
+                "Time the worker took over the push it answered with success.",
+                JOB_BUCKETS,
+            ),
+            job_end_to_end: d.histogram(
+                "job_end_to_end_seconds",
+                "Time from a job's publish to its ack.",
+                WAIT_BUCKETS,
+            ),
+            jobs_in_flight: d.gauge("jobs_in_flight", "Jobs in progress in this bridge."),
+            queue_ready: d.gauges(
+                "queue_ready_messages",
+                "Ready messages in the queue (queue-wide, from a passive declare): combine with max; absent while unreadable.",
                 &["queue"],
-            )
-            .expect("valid metric"),
-            ack_failures: IntCounterVec::new(
-                Opts::new(
-                    "ack_failures_total",
-                    "Acks, nacks or rejects that could not be sent; the broker requeues those.",
-                ),
+            ),
+            ack_failures: d.counters(
+                "ack_failures_total",
+                "Acks, requeues or dead-letterings with no answer from the channel in time (outcome unknown).",
                 &["queue"],
-            )
-            .expect("valid metric"),
-            broker_up: IntGauge::new("broker_up", "1 while an AMQP connection is open.")
-                .expect("valid metric"),
-            broker_connected: IntGaugeVec::new(
-                Opts::new(
-                    "broker_connected",
-                    "1 for the configured broker (host:port) the connection is on now, \
-                     0 for the others.",
-                ),
+            ),
+            broker_up: d.gauge(
+                "broker_up",
+                "1 while every AMQP connection this bridge needs is open.",
+            ),
+            broker_connected: d.gauges(
+                "broker_connected",
+                "This bridge's AMQP connections on each configured broker (host:port) now.",
                 &["endpoint"],
-            )
-            .expect("valid metric"),
-            reconnects: IntCounter::new(
-                "reconnects_total",
-                "AMQP connections opened after the first.",
-            )
-            .expect("valid metric"),
-            producer_requests: IntCounterVec::new(
-                Opts::new(
-                    "producer_requests_total",
-                    "Requests the producer component received, by route and method.",
-                ),
+            ),
+            reconnects: d.counter("reconnects_total", "AMQP connections opened after the first."),
+            producer_requests: d.counters(
+                "producer_requests_total",
+                "Requests the producer component received, by route and method.",
                 &["route", "method"],
-            )
-            .expect("valid metric"),
-            producer_responses: IntCounterVec::new(
-                Opts::new(
-                    "producer_responses_total",
-                    "Answers the producer component gave, by route and status.",
-                ),
+            ),
+            producer_responses: d.counters(
+                "producer_responses_total",
+                "Answers the producer component gave, by route and status.",
                 &["route", "status"],
-            )
-            .expect("valid metric"),
-            ingress_requests: IntCounterVec::new(
-                Opts::new(
-                    "ingress_requests_total",
-                    "Client requests the ingress role took in front of the producer, by outcome.",
-                ),
+            ),
+            ingress_requests: d.counters(
+                "ingress_requests_total",
+                "Client requests the ingress role took in front of the producer, by outcome.",
                 &["outcome"],
-            )
-            .expect("valid metric"),
-            connections_shed: IntCounterVec::new(
-                Opts::new(
-                    "connections_shed_total",
-                    "Connections closed at the connection cap to make room for a newer one, by listener.",
-                ),
+            ),
+            connections_shed: d.counters(
+                "connections_shed_total",
+                "Connections closed at the connection cap to make room for a newer one, by listener.",
                 &["listener"],
-            )
-            .expect("valid metric"),
-            worker_push_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "worker_push_duration_seconds",
-                    "Pushes of a job to the worker, by the worker's answer.",
-                )
-                .buckets(JOB_BUCKETS.to_vec()),
+            ),
+            worker_push_duration: d.histograms(
+                "worker_push_duration_seconds",
+                "Pushes of a job to the worker, by the worker's answer.",
+                JOB_BUCKETS,
                 &["result"],
-            )
-            .expect("valid metric"),
+            ),
             registry,
-        };
-        metrics.register_all();
-        metrics
-    }
-
-    fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
-            Box::new(self.published.clone()),
-            Box::new(self.publish_refusals.clone()),
-            Box::new(self.publish_late_verdicts.clone()),
-            Box::new(self.malformed_jobs.clone()),
-            Box::new(self.push_retries.clone()),
-            Box::new(self.worker_up.clone()),
-            Box::new(self.jobs.clone()),
-            Box::new(self.publish_duration.clone()),
-            Box::new(self.job_duration.clone()),
-            Box::new(self.job_queue_wait.clone()),
-            Box::new(self.job_run.clone()),
-            Box::new(self.job_end_to_end.clone()),
-            Box::new(self.jobs_in_flight.clone()),
-            Box::new(self.queue_ready.clone()),
-            Box::new(self.ack_failures.clone()),
-            Box::new(self.broker_up.clone()),
-            Box::new(self.broker_connected.clone()),
-            Box::new(self.reconnects.clone()),
-            Box::new(self.producer_requests.clone()),
-            Box::new(self.producer_responses.clone()),
-            Box::new(self.ingress_requests.clone()),
-            Box::new(self.connections_shed.clone()),
-            Box::new(self.worker_push_duration.clone()),
-        ];
-        for collector in collectors {
-            self.registry
-                .register(collector)
-                .expect("each metric is registered once");
         }
     }
 
