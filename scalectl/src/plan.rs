@@ -1,7 +1,8 @@
 //! `scalectl plan`: simulates an HPA scaling workers on queue length, for
 //! capacity planning before a deploy.
 //!
-//! The world is simulated in steps of 0.1 s: jobs arrive (a burst and/or a
+//! The world is simulated in steps of 0.1 s, every time in it integer
+//! milliseconds (as the controller's clock): jobs arrive (a burst and/or a
 //! steady rate), ready pods take jobs up to their concurrency and finish each
 //! after the service time, new pods become ready after the start delay, and
 //! removed pods finish the job in hand first (as host-bridge drains). The
@@ -198,14 +199,22 @@ pub struct Plan {
     pub burst_at: f64,
 }
 
-/// Slack for comparing simulated times (sums of fractional steps): an event
-/// at exactly `t` must count as happened by `t` despite rounding.
-const TIME_EPSILON: f64 = 1e-9;
+/// Seconds as the world's integer milliseconds: every time in the world is
+/// exact, so an event at `t` has happened by `t` without a slack.
+fn ms(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
+}
+
+/// Milliseconds as seconds, for the results.
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
 
 struct Pod {
-    ready_at: f64,
+    /// Milliseconds, as every time below.
+    ready_at: i64,
     /// When each job in hand finishes.
-    busy: Vec<f64>,
+    busy: Vec<i64>,
     leaving: bool,
 }
 
@@ -217,23 +226,21 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
     let mut timeline = Vec::new();
     let (mut peak, mut first_scale_up) = (world.replicas, None);
     let steps = (scenario.horizon / STEP) as u64;
-    for step in 0..=steps {
-        // Tenths as the nearest float to the decimal (17.4, not
-        // 17.400000000000002), for the world; the controller gets integer ms.
-        let t = step as f64 / 10.0;
+    let burst_at = ms(scenario.burst_at);
+    for step in 0..=steps as i64 {
+        let t = step * STEP_MS;
         world.arrive(t);
         world.finish(t);
         world.assign(t);
-        world.observe(t);
-        if every(t, 1.0, 0.0) {
+        world.observe(step);
+        if every(step, 1.0, 0.0) {
             timeline.push(world.snapshot(t));
         }
-        if every(t, SYNC_PERIOD, scenario.phases.sync) {
+        if every(step, SYNC_PERIOD, scenario.phases.sync) {
             let metric = Milli::from_units(i64::from(world.scraped));
-            let now_ms = step as i64 * STEP_MS;
-            let desired = controller.sync(spec, now_ms, metric, world.observed(t));
+            let desired = controller.sync(spec, t, metric, world.observed(t));
             if desired > world.replicas {
-                first_scale_up.get_or_insert(t - scenario.burst_at.min(t));
+                first_scale_up.get_or_insert(seconds(t - burst_at.min(t)));
             }
             world.scale_to(t, desired);
             peak = peak.max(desired);
@@ -251,17 +258,18 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         timeline,
         peak_replicas: peak,
         first_scale_up,
-        max_wait: (world.ready == 0 && !world.burst_pending).then_some(world.max_wait),
-        extra_pod_seconds: world.extra_pod_seconds,
-        drain_time: world.drain_time,
+        max_wait: (world.ready == 0 && !world.burst_pending).then_some(seconds(world.max_wait)),
+        extra_pod_seconds: seconds(world.extra_pod_ms),
+        drain_time: world.drain_time.map(seconds),
         lower_bound: (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time,
         burst_at: scenario.burst_at,
     }
 }
 
-/// Whether a clock with this period, first ticking at `phase`, ticks at `t`.
-fn every(t: f64, period: f64, phase: f64) -> bool {
-    let (t, phase) = ((t / STEP).round() as i64, (phase / STEP).round() as i64);
+/// Whether a clock with this period, first ticking at `phase` (seconds),
+/// ticks at simulation step `t`.
+fn every(t: i64, period: f64, phase: f64) -> bool {
+    let phase = (phase / STEP).round() as i64;
     period > 0.0
         && t >= phase
         && ((t - phase) as u64).is_multiple_of((period / STEP).round().max(1.0) as u64)
@@ -276,11 +284,11 @@ struct World<'a> {
     /// Messages ready in the queue.
     ready: u32,
     /// When the ready messages arrived, oldest first, as (time, count).
-    arrivals: VecDeque<(f64, u32)>,
+    arrivals: VecDeque<(i64, u32)>,
     /// The longest wait so far from arrival to a pod taking the job.
-    max_wait: f64,
-    /// ∫ (pods − minReplicas) dt so far.
-    extra_pod_seconds: f64,
+    max_wait: i64,
+    /// ∫ (pods − minReplicas) dt so far, pod-milliseconds.
+    extra_pod_ms: i64,
     min_replicas: i32,
     burst_pending: bool,
     /// Steady-rate jobs that have arrived so far.
@@ -292,7 +300,11 @@ struct World<'a> {
     stats: u32,
     /// What the last scrape read from the broker's stats.
     scraped: u32,
-    drain_time: Option<f64>,
+    drain_time: Option<i64>,
+    /// The scenario's times in milliseconds.
+    burst_at: i64,
+    service_time: i64,
+    pod_start: i64,
 }
 
 impl<'a> World<'a> {
@@ -302,7 +314,7 @@ impl<'a> World<'a> {
         let initial = scenario.initial_replicas.max(min_replicas);
         let pods = (0..initial)
             .map(|_| Pod {
-                ready_at: 0.0,
+                ready_at: 0,
                 busy: vec![],
                 leaving: false,
             })
@@ -313,34 +325,37 @@ impl<'a> World<'a> {
             replicas: initial,
             ready: 0,
             arrivals: VecDeque::new(),
-            max_wait: 0.0,
-            extra_pod_seconds: 0.0,
+            max_wait: 0,
+            extra_pod_ms: 0,
             min_replicas,
             burst_pending: true,
             rate_arrived: 0,
-            total: scenario.burst + steady(scenario, scenario.rate_duration),
+            total: scenario.burst + steady(scenario, ms(scenario.rate_duration)),
             done: 0,
             stats: 0,
             scraped: 0,
             drain_time: None,
+            burst_at: ms(scenario.burst_at),
+            service_time: ms(scenario.service_time),
+            pod_start: ms(scenario.pod_start),
         }
     }
 
     /// The burst (once) and the steady rate's jobs due by `t`.
-    fn arrive(&mut self, t: f64) {
-        if self.burst_pending && t + TIME_EPSILON >= self.scenario.burst_at {
+    fn arrive(&mut self, t: i64) {
+        if self.burst_pending && t >= self.burst_at {
             self.burst_pending = false;
-            self.enqueue(self.scenario.burst_at, self.scenario.burst);
+            self.enqueue(self.burst_at, self.scenario.burst);
         }
         let due = steady(self.scenario, t);
         self.enqueue(t, due - self.rate_arrived);
         self.rate_arrived = due;
         // This step's pods, for the cost (leaving ones still run).
-        self.extra_pod_seconds +=
-            (self.pods.len() as f64 - f64::from(self.min_replicas)).max(0.0) * STEP;
+        self.extra_pod_ms +=
+            (self.pods.len() as i64 - i64::from(self.min_replicas)).max(0) * STEP_MS;
     }
 
-    fn enqueue(&mut self, at: f64, count: u32) {
+    fn enqueue(&mut self, at: i64, count: u32) {
         if count > 0 {
             self.ready += count;
             self.arrivals.push_back((at, count));
@@ -348,7 +363,7 @@ impl<'a> World<'a> {
     }
 
     /// A pod takes the oldest ready job at `t`.
-    fn dequeue(&mut self, t: f64) {
+    fn dequeue(&mut self, t: i64) {
         if let Some((at, count)) = self.arrivals.front_mut() {
             self.max_wait = self.max_wait.max(t - *at);
             *count -= 1;
@@ -360,10 +375,10 @@ impl<'a> World<'a> {
     }
 
     /// Finished jobs leave; pods that were removed go once idle.
-    fn finish(&mut self, t: f64) {
+    fn finish(&mut self, t: i64) {
         for pod in &mut self.pods {
             let before = pod.busy.len();
-            pod.busy.retain(|end| *end > t + TIME_EPSILON);
+            pod.busy.retain(|end| *end > t);
             self.done += (before - pod.busy.len()) as u32;
         }
         self.pods.retain(|p| !(p.leaving && p.busy.is_empty()));
@@ -371,16 +386,15 @@ impl<'a> World<'a> {
 
     /// Ready pods take work up to their concurrency; the first time nothing
     /// is left anywhere, the drain time is recorded.
-    fn assign(&mut self, t: f64) {
-        let scenario = self.scenario;
+    fn assign(&mut self, t: i64) {
         for i in 0..self.pods.len() {
             let pod = &self.pods[i];
-            if pod.leaving || pod.ready_at > t + TIME_EPSILON {
+            if pod.leaving || pod.ready_at > t {
                 continue;
             }
-            while self.ready > 0 && (self.pods[i].busy.len() as u32) < scenario.concurrency {
+            while self.ready > 0 && (self.pods[i].busy.len() as u32) < self.scenario.concurrency {
                 self.dequeue(t);
-                self.pods[i].busy.push(t + scenario.service_time);
+                self.pods[i].busy.push(t + self.service_time);
             }
         }
         let drained = !self.burst_pending
@@ -388,17 +402,22 @@ impl<'a> World<'a> {
             && self.ready == 0
             && in_hand(&self.pods) == 0;
         if drained && self.drain_time.is_none() {
-            self.drain_time = Some(t - scenario.burst_at.min(t));
+            self.drain_time = Some(t - self.burst_at.min(t));
         }
     }
 
-    /// The metric pipeline: broker stats, then the scrape.
-    fn observe(&mut self, t: f64) {
-        if every(t, self.scenario.stats_interval, self.scenario.phases.stats) {
+    /// The metric pipeline at simulation step `step`: broker stats, then
+    /// the scrape.
+    fn observe(&mut self, step: i64) {
+        if every(
+            step,
+            self.scenario.stats_interval,
+            self.scenario.phases.stats,
+        ) {
             self.stats = self.ready + in_hand(&self.pods);
         }
         if every(
-            t,
+            step,
             self.scenario.scrape_interval,
             self.scenario.phases.scrape,
         ) {
@@ -407,11 +426,11 @@ impl<'a> World<'a> {
     }
 
     /// The controller's decision: new pods start, removed pods drain.
-    fn scale_to(&mut self, t: f64, desired: i32) {
+    fn scale_to(&mut self, t: i64, desired: i32) {
         if desired > self.replicas {
             for _ in self.replicas..desired {
                 self.pods.push(Pod {
-                    ready_at: t + self.scenario.pod_start,
+                    ready_at: t + self.pod_start,
                     busy: vec![],
                     leaving: false,
                 });
@@ -425,24 +444,24 @@ impl<'a> World<'a> {
     /// What the controller reads at `t` besides the metric. Pods being
     /// removed are terminating: not in the Deployment's `status.replicas`,
     /// and not Ready (the bridge fails readiness as it drains).
-    fn observed(&self, t: f64) -> Replicas {
+    fn observed(&self, t: i64) -> Replicas {
         let staying = self.pods.iter().filter(|p| !p.leaving);
         Replicas {
             spec: self.replicas,
             status: staying.clone().count() as i32,
-            ready: staying.filter(|p| p.ready_at <= t + TIME_EPSILON).count() as i32,
+            ready: staying.filter(|p| p.ready_at <= t).count() as i32,
         }
     }
 
     /// The state at `t`, as a table row.
-    fn snapshot(&self, t: f64) -> Tick {
+    fn snapshot(&self, t: i64) -> Tick {
         let ready_pods = self
             .pods
             .iter()
             .filter(|p| !p.leaving && p.ready_at <= t)
             .count() as u32;
         Tick {
-            t,
+            t: seconds(t),
             ready: self.ready,
             unacked: in_hand(&self.pods),
             metric: f64::from(self.scraped),
@@ -453,8 +472,10 @@ impl<'a> World<'a> {
 }
 
 /// Steady-rate jobs arrived by `t` (the rate stops after its duration).
-fn steady(scenario: &Scenario, t: f64) -> u32 {
-    (scenario.rate * t.min(scenario.rate_duration) + TIME_EPSILON).floor() as u32
+fn steady(scenario: &Scenario, t: i64) -> u32 {
+    // A float rate times exact seconds; the slack keeps a job due at
+    // exactly `t` (0.2/s at 5 s) from rounding to the step after.
+    (scenario.rate * seconds(t).min(scenario.rate_duration) + 1e-9).floor() as u32
 }
 
 fn in_hand(pods: &[Pod]) -> u32 {
@@ -466,10 +487,10 @@ fn in_hand(pods: &[Pod]) -> u32 {
 fn remove(pods: &mut [Pod], count: usize) {
     let mut order: Vec<usize> = (0..pods.len()).filter(|&i| !pods[i].leaving).collect();
     order.sort_by(|&a, &b| {
-        let key = |p: &Pod| (p.ready_at <= 0.0 || !p.busy.is_empty(), p.busy.len());
+        let key = |p: &Pod| (p.ready_at <= 0 || !p.busy.is_empty(), p.busy.len());
         key(&pods[a])
             .cmp(&key(&pods[b]))
-            .then(pods[b].ready_at.total_cmp(&pods[a].ready_at))
+            .then(pods[b].ready_at.cmp(&pods[a].ready_at))
     });
     for &i in order.iter().take(count) {
         pods[i].leaving = true;
@@ -671,9 +692,11 @@ mod tests {
 
     #[test]
     fn a_clock_with_a_phase_ticks_from_its_phase() {
-        assert!(every(0.0, 15.0, 0.0) && every(15.0, 15.0, 0.0));
-        assert!(!every(0.0, 15.0, 7.0) && every(7.0, 15.0, 7.0) && every(22.0, 15.0, 7.0));
-        assert!(!every(14.9, 15.0, 7.0));
+        // Steps of 0.1 s.
+        assert!(every(0, 15.0, 0.0) && every(150, 15.0, 0.0));
+        assert!(!every(0, 15.0, 7.0) && every(70, 15.0, 7.0) && every(220, 15.0, 7.0));
+        assert!(!every(149, 15.0, 7.0));
+        assert!(every(24, 15.0, 2.4) && every(174, 15.0, 2.4) && !every(173, 15.0, 2.4));
     }
 
     #[test]
