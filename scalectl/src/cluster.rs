@@ -147,6 +147,7 @@ impl Cluster {
         Gates {
             scale_to_zero: self.scale_to_zero,
             configurable_tolerance: self.tolerance_rule() == ToleranceRule::PerDirection,
+            no_tolerance_field: self.version < TOLERANCES_SINCE,
         }
     }
 }
