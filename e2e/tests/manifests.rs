@@ -1465,7 +1465,10 @@ fn recording_rules_pass_promtool_and_read_the_bridges_histograms() -> Result<()>
         .find(|o| kind(o) == "PrometheusRule" && name(o) == "wasm-jobs")
         .context("no PrometheusRule/wasm-jobs")?;
     let rule = serde_json::to_value(rule)?;
-    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
     let dir = std::env::temp_dir().join(format!("wasm-jobs-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("rules.yaml");
@@ -1492,7 +1495,10 @@ fn recording_rules_pass_promtool_and_read_the_bridges_histograms() -> Result<()>
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .filter(|w| w.starts_with("host_bridge_"))
     {
-        assert!(exported.contains(used), "the rules read {used}, which the bridge does not export");
+        assert!(
+            exported.contains(used),
+            "the rules read {used}, which the bridge does not export"
+        );
     }
     Ok(())
 }
