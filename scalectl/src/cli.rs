@@ -215,6 +215,9 @@ impl ScenarioArgs {
     ) -> anyhow::Result<(HorizontalPodAutoscaler, crate::hpa::Spec)> {
         let (hpa, spec) =
             crate::read_spec(&self.hpa, cluster).map_err(|e| usage(format!("--hpa {e:#}")))?;
+        for warning in cluster.warnings(&spec) {
+            eprintln!("scalectl: {warning}");
+        }
         let others = crate::hpa::other_metrics(&hpa);
         if !others.is_empty() {
             eprintln!(

@@ -9,7 +9,7 @@
 //!   default, from 1.35. Before 1.33 neither the gate nor the field exists.
 //! - `HPAScaleToZero`: alpha, off, since 1.16.
 
-use crate::hpa::ToleranceRule;
+use crate::hpa::{Spec, ToleranceRule};
 use crate::validation::Gates;
 
 /// The project's floor: `K8S_FLOOR ?= 1.30.0`.
@@ -147,7 +147,25 @@ impl Cluster {
         Gates {
             scale_to_zero: self.scale_to_zero,
             configurable_tolerance: self.tolerance_rule() == ToleranceRule::PerDirection,
-            no_tolerance_field: self.version < TOLERANCES_SINCE,
+        }
+    }
+
+    /// What this cluster makes of `spec` that a reader might not expect;
+    /// the plan goes ahead.
+    pub fn warnings(&self, spec: &Spec) -> Vec<String> {
+        let set = spec.up.tolerance.is_some() || spec.down.tolerance.is_some();
+        match self.tolerance_rule() {
+            ToleranceRule::Absolute if set => vec![format!(
+                "behavior.*.tolerance is ignored: Kubernetes {} has no such field (from 1.33; \
+                 kubectl's strict field validation would refuse it there)",
+                self.version
+            )],
+            ToleranceRule::Within if set => vec![
+                "behavior.*.tolerance is ignored: HPAConfigurableTolerance is off \
+                 (--feature-gates HPAConfigurableTolerance=true, or 1.35)"
+                    .to_owned(),
+            ],
+            _ => vec![],
         }
     }
 }

@@ -29,10 +29,6 @@ pub struct Gates {
     /// `HPAConfigurableTolerance`: `behavior.*.tolerance` is kept, so it is
     /// validated (with the gate off the API server drops the field).
     pub configurable_tolerance: bool,
-    /// The release has no `behavior.*.tolerance` field at all (before
-    /// 1.33): strict field validation, kubectl's default, refuses it as
-    /// an unknown field.
-    pub no_tolerance_field: bool,
 }
 
 /// The API server's refusal: every invalid field, as `kubectl apply`
@@ -191,11 +187,6 @@ fn scaling_rules(rules: &HPAScalingRules, path: &str, gates: Gates, errors: &mut
     }
     for (i, policy) in rules.policies.iter().flatten().enumerate() {
         scaling_policy(policy, &format!("{path}.policies[{i}]"), errors);
-    }
-    if gates.no_tolerance_field && rules.tolerance.is_some() {
-        errors.push(format!(
-            "{path}.tolerance: unknown field (behavior.*.tolerance exists from Kubernetes 1.33)"
-        ));
     }
     if gates.configurable_tolerance
         && let Some(q) = &rules.tolerance
@@ -359,12 +350,6 @@ mod tests {
             configurable_tolerance: true,
             ..off
         };
-        assert!(refused(negative.clone(), on).contains("tolerance: Invalid value"));
-        // Before 1.33 the field does not exist.
-        let old = Gates {
-            no_tolerance_field: true,
-            ..off
-        };
-        assert!(refused(negative, old).contains("tolerance: unknown field"));
+        assert!(refused(negative, on).contains("tolerance: Invalid value"));
     }
 }
