@@ -166,6 +166,8 @@ undeploy: ## Remove the app (keeps the Helm releases and the operator); BROKER=h
 .PHONY: test
 test: check-make wasm rabbitmq wasmtime test-tools lint manifests-check images ## Lint, check manifests, then every test against the real RabbitMQ, .wasm and wasmtime serve
 	$(CARGO) build -p host-bridge
+# The memory tests measure the shipped (release) binary, as `make up` runs it.
+	$(CARGO) build --release -p host-bridge
 	@mkdir -p target
 	WASMTIME=$(WASMTIME) $(CARGO) test --workspace --exclude producer --exclude worker --lib --bins --tests -- --show-output 2>&1 | tee target/test.log
 	$(CARGO) build -p bench

@@ -1825,7 +1825,7 @@ async fn an_alarm_blocks_publishes_but_not_the_consumers_acks() -> Result<()> {
 
 /// 500 slow connections per port on each of a bridge's listeners (a head
 /// trickled a byte every 200 ms, never finished), for two rounds, with
-/// default limits. Peak RSS must stay within [`MEMORY_GOAL`], and the RSS
+/// default limits, on the release build. Peak RSS must stay within [`MEMORY_GOAL`], and the RSS
 /// after the second round must be no more than after the first (no creep).
 /// `roles` chooses the layout; the listeners attacked are the ones it has.
 async fn slow_connections_within_48_mib(label: &str, roles: &str) -> Result<()> {
@@ -1839,7 +1839,8 @@ async fn slow_connections_within_48_mib(label: &str, roles: &str) -> Result<()> 
         ingress.to_string(),
         format!("http://127.0.0.1:{producer_port}"),
     );
-    let bridge = BridgeProcess::spawn(
+    let bridge = BridgeProcess::spawn_binary(
+        &testkit::process::release_bridge_binary(),
         &amqp_url(),
         &[
             "--roles",
@@ -1923,4 +1924,97 @@ async fn slow_connections_on_every_port_keep_the_bridge_within_48_mib() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_connections_on_the_producer_sidecar_keep_it_within_48_mib() -> Result<()> {
     slow_connections_within_48_mib("producer sidecar", "publish,ingress").await
+}
+
+/// One bridge in `make up`'s layout through a series of broker faults, as
+/// a first month in production might bring them, each under 600 publishes
+/// of 60 KB from 200 clients: a memory alarm, the broker paused, a disk
+/// alarm and the broker restarted, all twice, on the release build. The
+/// issue saw RSS climb 42.7 → 48 → 53.7 → 60.1 → 64.4 MB over such a
+/// series. Peak RSS must stay within [`MEMORY_GOAL`], and the second series
+/// may add at most 6 MiB to what the first left. glibc keeps some freed
+/// pages: RSS steps up a few MiB over the first faults and then holds (8
+/// pauses in a row: 32.4 → 39.7 MiB, flat over the last four); before the
+/// 2 MiB bound on publish bytes in flight, one pause alone added 21 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_of_broker_faults_keeps_the_bridge_within_48_mib_without_creep() -> Result<()> {
+    let _alone = FLOODS.lock().await;
+    let mut broker = PrivateBroker::start("stress-creep").await?;
+    let queue = unique_queue("stress-creep");
+    let amqp = broker.amqp_url();
+    let worker = testkit::standin::StandIn::start().await?;
+    let worker_url = worker.url();
+    let bridge = BridgeProcess::spawn_binary(
+        &testkit::process::release_bridge_binary(),
+        &amqp,
+        &[
+            "--roles",
+            "publish,consume",
+            "--queue",
+            &queue,
+            "--worker-url",
+            &worker_url,
+            "--publish-timeout",
+            "2s",
+            "--heartbeat",
+            "2s",
+            "--concurrency",
+            "8",
+        ],
+    )
+    .await?;
+    bridge.wait_ready().await;
+    let url = bridge.publish_url("/v1/publish");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut after = Vec::new();
+    let faults = ["memory alarm", "paused", "disk alarm", "restarted"];
+    for (n, fault) in faults.into_iter().chain(faults).enumerate() {
+        match fault {
+            "memory alarm" => drop(
+                broker
+                    .ctl(&["set_vm_memory_high_watermark", "0.0000001"])
+                    .await?,
+            ),
+            "disk alarm" => drop(broker.ctl(&["set_disk_free_limit", "100000GB"]).await?),
+            "paused" => broker.pause()?,
+            _ => broker.restart().await?,
+        }
+        let prefix = format!("creep-{n}");
+        let during = load(&url, &prefix, 600, 200, 60_000, Duration::from_secs(15)).await;
+        match fault {
+            "memory alarm" => drop(broker.ctl(&["set_vm_memory_high_watermark", "0.4"]).await?),
+            "disk alarm" => drop(broker.ctl(&["set_disk_free_limit", "1MB"]).await?),
+            "paused" => broker.resume()?,
+            _ => {}
+        }
+        bridge.wait_ready().await;
+        let rss = bridge.rss()?;
+        println!(
+            "creep: after {fault}: RSS {:.1} MiB; answers {:?}",
+            mib(rss),
+            during.codes()
+        );
+        after.push(rss);
+    }
+    let peak = bridge.peak_rss()?;
+    let each: Vec<String> = after.iter().map(|b| format!("{:.1}", mib(*b))).collect();
+    println!(
+        "creep: RSS after each fault {} MiB; peak {:.1} MiB (goal {:.0})",
+        each.join(" → "),
+        mib(peak),
+        mib(MEMORY_GOAL)
+    );
+    assert!(peak <= MEMORY_GOAL, "peak RSS {:.1} MiB", mib(peak));
+    let (first, second) = (after[faults.len() - 1], after[after.len() - 1]);
+    assert!(
+        second <= first + 6 * 1024 * 1024,
+        "RSS crept from {:.1} to {:.1} MiB over the second series",
+        mib(first),
+        mib(second)
+    );
+    Inspector::connect_to(&amqp)
+        .await?
+        .delete_topology(&queue)
+        .await?;
+    Ok(())
 }

@@ -129,11 +129,14 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
 
-    /// Publishes in flight at once (sent, confirm not yet in). Bounds memory
-    /// under any broker fault: each holds at most one job (64 KiB + envelope)
-    /// until the broker decides or the connection dies. Past it: `503
+    /// Publishes in flight at once, from reading the body to the broker's
+    /// verdict. Bounds memory under any broker fault, with the 2 MiB bound
+    /// on the job bytes they hold (`publish::MAX_BYTES_IN_FLIGHT`): 128 let
+    /// 200 clients of 60 KB jobs take the bridge past 48 MiB through a
+    /// series of broker faults; 64 is still above the 64 clients at which
+    /// the publish path is fastest (docs/BENCHMARKS.md). Past it: `503
     /// overloaded` at once.
-    #[arg(long, env = "MAX_PUBLISHES_IN_FLIGHT", default_value_t = 128)]
+    #[arg(long, env = "MAX_PUBLISHES_IN_FLIGHT", default_value_t = 64)]
     pub max_publishes_in_flight: u32,
 
     /// The AMQP heartbeat. A link that carries nothing for two heartbeats is
