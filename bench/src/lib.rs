@@ -590,7 +590,9 @@ fn consume_ratios(rows: &[Row], prefetches: &[u16]) -> String {
 /// What `scalectl plan` predicts for a 300-job burst on the repo's HPA.
 fn scaling() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/hpa.yaml");
-    let spec = match scalectl::read_hpa(&path).and_then(|h| scalectl::hpa::Spec::from_hpa(&h)) {
+    let spec = match scalectl::read_hpa(&path)
+        .and_then(|h| scalectl::hpa::Spec::from_hpa(&h).map_err(anyhow::Error::from))
+    {
         Ok(spec) => spec,
         Err(e) => return format!("scalectl plan could not read {}: {e}", path.display()),
     };

@@ -112,8 +112,13 @@ fn render_external_query(
 /// clamped to min and max: scalectl's model of `GetExternalPerPodMetricReplicas`
 /// (the one owner of that formula), without the behavior rules.
 fn hpa_replicas(metric: f64, target: f64, current: u32, min: u32, max: u32) -> u32 {
+    use scalectl::quantity::Milli;
     let current = i32::try_from(current).unwrap_or(i32::MAX);
-    let desired = scalectl::hpa::metric_replicas(metric, target, current);
+    // As the controller reads quantities: whole milli-units, rounded up
+    // (`MilliValue`); the tolerance rule of the floor (1.30).
+    let milli = |x: f64| Milli((x * 1000.0).ceil() as i64);
+    let rule = scalectl::hpa::Tolerances::Absolute(scalectl::hpa::TOLERANCE);
+    let desired = scalectl::hpa::metric_replicas(milli(metric), milli(target), current, rule);
     u32::try_from(desired).unwrap_or(0).clamp(min, max)
 }
 

@@ -18,7 +18,6 @@ mod watch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 
@@ -26,7 +25,7 @@ use crate::cluster::{Cluster, FLOOR, Version};
 use crate::plan::{Phases, Scenario};
 
 /// EX_USAGE: a configuration error, as sysexits(3) defines it.
-pub const EX_USAGE: u8 = 64;
+pub use cli_contract::EX_USAGE;
 
 /// scalectl's flags.
 #[derive(Parser)]
@@ -65,42 +64,12 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     Usage(e.to_string()).into()
 }
 
-/// A clap error as one line: its message without the usage block and the
-/// "For more information" hint, the "error: " prefix dropped.
-pub fn one_line(error: &clap::Error) -> String {
-    error
-        .render()
-        .to_string()
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
-        })
-        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Parses the arguments and runs the subcommand, with the exit contract
 /// above. `main` is this and nothing else.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        // Asked for: printed in full, and a success.
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        // No subcommand: clap would print the whole help as an error.
-        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("scalectl: a subcommand is required: plan, tune, load or watch (see --help)");
-            return ExitCode::from(EX_USAGE);
-        }
-        Err(e) => {
-            eprintln!("scalectl: {}", one_line(&e));
-            return ExitCode::from(EX_USAGE);
-        }
-    };
+    // The workspace's contract (`cli-contract`): help and version exit 0,
+    // a flag that does not parse is one line and exit 64.
+    let cli: Cli = cli_contract::parse_from("scalectl", args);
     exit(run(cli.command))
 }
 
@@ -294,7 +263,7 @@ mod tests {
             let Err(e) = parse(args) else {
                 panic!("{args:?} parsed")
             };
-            let line = one_line(&e);
+            let line = cli_contract::one_line(&e);
             assert!(
                 !line.contains('\n') && line.contains(names),
                 "{args:?}: {line}"

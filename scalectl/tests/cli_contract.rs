@@ -66,7 +66,7 @@ fn a_bad_flag_is_one_line_and_exit_64() -> anyhow::Result<()> {
             &["plan", "--phase", "0,20,0"],
             "scrape phase (20 s) must be below",
         ),
-        (&[], "a subcommand is required"),
+        (&[], "a subcommand or argument is missing"),
     ] {
         assert_refused(&scalectl(args)?, says, &format!("{args:?}"));
     }
