@@ -50,7 +50,12 @@ pub enum ClusterError {
     /// A gate the release does not have (kube-controller-manager refuses
     /// to start with it).
     #[error("unrecognized feature gate {gate:?} for Kubernetes {version}")]
-    UnknownGate { gate: String, version: Version },
+    UnknownGate {
+        /// The gate as given.
+        gate: String,
+        /// The release it is not in.
+        version: Version,
+    },
 }
 
 impl std::str::FromStr for Version {

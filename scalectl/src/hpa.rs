@@ -67,7 +67,12 @@ pub enum Tolerances {
     /// `|1 - ratio| <= tolerance` holds (before 1.33).
     Absolute(f64),
     /// `1 - down <= ratio <= 1 + up` holds (`Tolerances.isWithin`).
-    Within { down: f64, up: f64 },
+    Within {
+        /// The tolerance below 1.
+        down: f64,
+        /// The tolerance above 1.
+        up: f64,
+    },
 }
 
 impl Tolerances {

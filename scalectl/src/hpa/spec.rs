@@ -21,9 +21,19 @@ pub const DOWNSCALE_STABILIZATION: i32 = 300;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// At most this many pods per period.
-    Pods { value: i32, period: i32 },
+    Pods {
+        /// Pods.
+        value: i32,
+        /// `periodSeconds`.
+        period: i32,
+    },
     /// At most this percent of the pods at the period's start, per period.
-    Percent { value: i32, period: i32 },
+    Percent {
+        /// Percent.
+        value: i32,
+        /// `periodSeconds`.
+        period: i32,
+    },
 }
 
 impl Policy {
