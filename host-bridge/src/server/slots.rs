@@ -6,13 +6,16 @@
 //! clients queued in the kernel's backlog: 498 ms median, 4.6 s worst for
 //! `/generate`. Here a new connection at the bound closes the oldest one
 //! that has never sent a whole head, or failing that the oldest idle
-//! keep-alive one. A connection with a request in service is never closed
-//! for another: the in-flight limits bound those. Only when every
-//! connection is in service does a new one wait.
+//! keep-alive one, once it has been so for [`SHED_AFTER`]: a connection
+//! made a moment ago whose head is on its way is not slow, and shedding
+//! those cut off honest clients in a burst of 2,000 at once. A connection
+//! with a request in service is never closed for another: the in-flight
+//! limits bound those. Otherwise a new connection waits, as it always did.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,21 +29,53 @@ const IDLE: u8 = 2;
 /// Closed for a newer connection.
 const SHED: u8 = 3;
 
-/// What a connection is doing, as the table sees it.
-#[derive(Debug, Default)]
-pub struct Phase(AtomicU8);
+/// How long a connection must have been without a whole head, or idle,
+/// before a newer one may close it. A client that sends its head at once
+/// (every honest one, on any network this serves) is never shed.
+pub const SHED_AFTER: Duration = Duration::from_secs(1);
+
+/// What a connection is doing, as the table sees it, and since when.
+#[derive(Debug)]
+pub struct Phase {
+    state: AtomicU8,
+    /// Milliseconds from `epoch` to when `state` last became NEW or IDLE.
+    since_ms: AtomicU64,
+    epoch: Instant,
+}
 
 impl Phase {
+    fn new(epoch: Instant) -> Self {
+        let phase = Self {
+            state: AtomicU8::new(NEW),
+            since_ms: AtomicU64::new(0),
+            epoch,
+        };
+        phase.touch();
+        phase
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.since_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether it has been in `state` (NEW or IDLE) for [`SHED_AFTER`].
+    fn is_stale(&self, state: u8) -> bool {
+        let since = Duration::from_millis(self.since_ms.load(Ordering::Acquire));
+        self.state.load(Ordering::Acquire) == state
+            && self.epoch.elapsed().saturating_sub(since) >= SHED_AFTER
+    }
+
     /// Marks a request in service until the guard drops; `None` if the
     /// connection was shed just before (the request must not start).
     pub fn busy(self: &Arc<Self>) -> Option<Busy> {
-        let mut now = self.0.load(Ordering::Acquire);
+        let mut now = self.state.load(Ordering::Acquire);
         loop {
             if now == SHED {
                 return None;
             }
             match self
-                .0
+                .state
                 .compare_exchange(now, BUSY, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return Some(Busy(self.clone())),
@@ -49,11 +84,14 @@ impl Phase {
         }
     }
 
-    /// Sheds the connection if it is in `from`; whether it was.
-    fn shed_if(&self, from: u8) -> bool {
-        self.0
-            .compare_exchange(from, SHED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Sheds the connection if it has been in `from` for [`SHED_AFTER`];
+    /// whether it was.
+    fn shed_if_stale(&self, from: u8) -> bool {
+        self.is_stale(from)
+            && self
+                .state
+                .compare_exchange(from, SHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 }
 
@@ -62,9 +100,10 @@ pub struct Busy(Arc<Phase>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        self.0.touch();
         let _ = self
             .0
-            .0
+            .state
             .compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 }
@@ -76,6 +115,8 @@ struct Entry {
 
 struct Inner {
     max: usize,
+    /// The clock the phases' times are read against.
+    epoch: Instant,
     /// Counts each connection shed.
     shed: prometheus::IntCounter,
     /// Open connections by age: the smallest key is the oldest.
@@ -93,6 +134,7 @@ impl Slots {
     pub fn new(max: usize, shed: prometheus::IntCounter) -> Self {
         Self(Arc::new(Inner {
             max: max.max(1),
+            epoch: Instant::now(),
             shed,
             open: Mutex::new((0, BTreeMap::new())),
             freed: Notify::new(),
@@ -108,14 +150,14 @@ impl Slots {
     fn has_room(&self) -> bool {
         let open = self.lock();
         open.1.len() < self.0.max
-            || open.1.values().any(|e| {
-                let phase = e.phase.0.load(Ordering::Acquire);
-                phase == NEW || phase == IDLE
-            })
+            || open
+                .1
+                .values()
+                .any(|e| e.phase.is_stale(NEW) || e.phase.is_stale(IDLE))
     }
 
     /// Waits until a new connection can be taken. A connection that goes
-    /// idle wakes nobody, so a full table of busy ones is looked at again
+    /// idle, or stale, wakes nobody, so a full table is looked at again
     /// every few milliseconds as well as on every close.
     pub async fn room(&self) {
         loop {
@@ -139,7 +181,7 @@ impl Slots {
                 if open.1.len() < self.0.max {
                     open.0 += 1;
                     let id = open.0;
-                    let phase = Arc::new(Phase::default());
+                    let phase = Arc::new(Phase::new(self.0.epoch));
                     let shed = CancellationToken::new();
                     let entry = Entry {
                         phase: phase.clone(),
@@ -162,13 +204,14 @@ impl Slots {
 /// How often a table full of busy connections is looked at again.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Sheds the oldest connection without a whole head, else the oldest idle
-/// one; removes it from the table. Whether there was one.
+/// Sheds the oldest connection that has been without a whole head for
+/// [`SHED_AFTER`], else the oldest idle that long; removes it from the
+/// table. Whether there was one.
 fn shed_one(open: &mut BTreeMap<u64, Entry>) -> bool {
     for phase in [NEW, IDLE] {
         let victim = open
             .iter()
-            .find(|(_, e)| e.phase.shed_if(phase))
+            .find(|(_, e)| e.phase.shed_if_stale(phase))
             .map(|(id, _)| *id);
         if let Some(id) = victim
             && let Some(entry) = open.remove(&id)
@@ -211,19 +254,43 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    fn counter() -> prometheus::IntCounter {
+        prometheus::IntCounter::new("shed", "shed").unwrap()
+    }
+
+    /// Dates every open connection's phase back to the table's start, past
+    /// [`SHED_AFTER`], as time would.
+    fn age(slots: &Slots) {
+        let open = slots.lock();
+        for entry in open.1.values() {
+            entry.phase.since_ms.store(0, Ordering::Release);
+        }
+    }
+
     #[tokio::test]
     async fn a_full_table_sheds_the_oldest_headless_then_the_oldest_idle() {
-        let slots = Slots::new(3, prometheus::IntCounter::new("shed", "shed").unwrap());
+        // A clock started before SHED_AFTER, so that an age of 0 is stale.
+        let slots = Slots(Arc::new(Inner {
+            max: 3,
+            epoch: Instant::now() - 2 * SHED_AFTER,
+            shed: counter(),
+            open: Mutex::new((0, BTreeMap::new())),
+            freed: Notify::new(),
+        }));
         let a = slots.take().await;
         let b = slots.take().await;
         let c = slots.take().await;
         // a is in service, b idle after a request, c has sent nothing.
         let _a_busy = a.phase().busy().unwrap();
         drop(b.phase().busy().unwrap());
+        // Young: nobody is shed yet; the new one would wait.
+        assert!(!slots.has_room());
+        age(&slots);
         let d = slots.take().await;
         assert!(c.shed.is_cancelled(), "the headless one goes first");
         assert!(!b.shed.is_cancelled() && !a.shed.is_cancelled());
-        // Headless before idle, even a younger one.
+        // Headless before idle, even a younger one, once it is stale.
+        age(&slots);
         let _e = slots.take().await;
         assert!(d.shed.is_cancelled());
         assert!(!b.shed.is_cancelled());
@@ -234,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_table_of_busy_connections_waits_for_one_to_close() {
-        let slots = Slots::new(1, prometheus::IntCounter::new("shed", "shed").unwrap());
+        let slots = Slots::new(1, counter());
         let a = slots.take().await;
         let busy = a.phase().busy().unwrap();
         let waiting = tokio::spawn({
