@@ -128,3 +128,61 @@ mod tests {
         assert_eq!(flatten("a\n  b\n\nc"), "a b c");
     }
 }
+
+/// The contract's own checks, for each binary's tests to run on the real
+/// executable (`env!("CARGO_BIN_EXE_<name>")`).
+pub mod check {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Runs `binary` with `args` and `env` (with `unset` removed from the
+    /// environment): its exit code, stdout and stderr.
+    pub fn run(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> (Option<i32>, String, String) {
+        let mut command = Command::new(binary);
+        command.args(args);
+        for name in unset {
+            command.env_remove(name);
+        }
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let output = command.output().expect("the binary runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// One bad setting: the arguments, the environment, and a word the
+    /// one line must name.
+    pub type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+    /// Each case exits 64 with one line on stderr, `<name>: …`; `unset` is
+    /// removed from the environment of every run. Panics with the case
+    /// otherwise.
+    pub fn bad_settings_exit_64(binary: &Path, name: &str, unset: &[&str], cases: &[Case<'_>]) {
+        for (args, env, names) in cases {
+            let (code, _, stderr) = run(binary, args, env, unset);
+            println!("{args:?} {env:?}: exit {code:?}: {stderr}");
+            assert_eq!(code, Some(super::EX_USAGE.into()), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+            assert!(stderr.starts_with(&format!("{name}: ")), "{stderr}");
+            assert!(stderr.contains(names), "{args:?}: {stderr}");
+        }
+    }
+
+    /// `--help` and `--version` exit 0 with their text on stdout.
+    pub fn help_and_version_exit_0(binary: &Path) {
+        for flag in ["--help", "--version"] {
+            let (code, stdout, _) = run(binary, &[flag], &[], &[]);
+            assert_eq!(code, Some(0), "{flag}");
+            assert!(!stdout.is_empty(), "{flag}");
+        }
+    }
+}
