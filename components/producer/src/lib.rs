@@ -347,6 +347,11 @@ async fn respond(out: ResponseOutparam, answer: Answer) {
     }
 }
 
+/// How long the report of an answer may take: one call to the sidecar on
+/// loopback, after the client has its answer. Past it the report is
+/// dropped (one count lost) and the Wasm instance is freed.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Where to report answers, or `None` when the producer metrics are off.
 fn observe_url() -> Option<String> {
     Some(env_or(OBSERVE_URL_ENV, DEFAULT_OBSERVE_URL)).filter(|url| url != "off")
@@ -360,8 +365,17 @@ async fn observe(url: &str, route: &str, method: &Method, status: u16) {
     let request = Request::post(url, body.to_string())
         .header("content-type", "application/json")
         .build();
-    if let Err(e) = send::<_, Response>(request).await {
-        eprintln!("producer: could not report the answer to {url}: {e}");
+    // The client has its answer; this wait only holds the Wasm instance.
+    let sent = std::pin::pin!(send::<_, Response>(request));
+    let timer = std::pin::pin!(sleep(OBSERVE_TIMEOUT));
+    match futures::future::select(sent, timer).await {
+        futures::future::Either::Left((Ok(_), _)) => {}
+        futures::future::Either::Left((Err(e), _)) => {
+            eprintln!("producer: could not report the answer to {url}: {e}");
+        }
+        futures::future::Either::Right(_) => {
+            eprintln!("producer: no answer to the report from {url} within {OBSERVE_TIMEOUT:?}");
+        }
     }
 }
 
