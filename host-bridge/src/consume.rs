@@ -66,6 +66,9 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// that answered a moment ago.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much of an error answer from the worker is logged.
+const ANSWER_LOGGED: usize = 256;
+
 /// What the worker said about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
@@ -427,13 +430,25 @@ impl JobRunner {
         // Ack only on the whole answer: a status line followed by a body cut
         // short is a worker that died mid-answer. The body is discarded as it
         // arrives, so its size costs no memory.
+        // The start of an error answer is kept for the log: under runwasi's
+        // wasmtime shim the worker's own stderr never reaches the container
+        // log, so its bridge says what it answered.
+        let mut said = Vec::new();
+        let keep = !(200..300).contains(&status);
         loop {
             match response.chunk().await {
+                Ok(Some(chunk)) if keep => {
+                    let room = ANSWER_LOGGED.saturating_sub(said.len());
+                    said.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => return PushResult::Timeout,
                 Err(e) => return PushResult::Broken(e.to_string()),
             }
+        }
+        if keep {
+            warn!(status, worker_said = %crate::server::answer_summary(&said), "the worker answered with an error");
         }
         PushResult::Answered {
             status,

@@ -255,6 +255,13 @@ async fn forward(State(ingress): State<Arc<Ingress>>, request: Request) -> Respo
         Err(why) => return ingress.unknown(why),
     };
     ingress.metrics.ingress_done(IngressOutcome::Forwarded);
+    // The component's own stderr may never reach a log (runwasi's wasmtime
+    // shim): its server errors are logged here. Client errors (4xx) are
+    // the client's business and would let anyone fill the log.
+    if status.is_server_error() {
+        let said = crate::server::answer_summary(&answer);
+        warn!(status = status.as_u16(), producer_said = %said, "the producer answered with an error");
+    }
     let mut relayed = Response::new(Body::from(answer));
     *relayed.status_mut() = status;
     *relayed.headers_mut() = headers;

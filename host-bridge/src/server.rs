@@ -221,6 +221,26 @@ pub async fn discard_body(body: Body, limit: usize, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, drain).await;
 }
 
+/// A component's error answer as one log field: its JSON error's `error:
+/// message` when it is one, else its first bytes, escaped. Under runwasi's
+/// wasmtime shim a component's stderr never reaches the container log, so
+/// the bridge beside it logs what it answered.
+pub fn answer_summary(body: &[u8]) -> String {
+    const SHOWN: usize = 256;
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => format!(
+            "{}: {}",
+            e.error,
+            e.message.chars().take(SHOWN).collect::<String>()
+        ),
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(SHOWN)]);
+            // Debug escapes control characters: a line of its own, always.
+            format!("{text:?}")
+        }
+    }
+}
+
 /// The size of a request's headers as [`MAX_HEADER_BYTES`] counts them.
 fn header_bytes(request: &Request<Incoming>) -> usize {
     request
@@ -356,6 +376,20 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_answers_are_summed_up_on_one_line() {
+        let json = br#"{"error":"bad_config","message":"BRIDGE_TIMEOUT_MS is not a number"}"#;
+        assert_eq!(
+            answer_summary(json),
+            "bad_config: BRIDGE_TIMEOUT_MS is not a number"
+        );
+        assert_eq!(
+            answer_summary(b"boom\nsecond line"),
+            r#""boom\nsecond line""#
+        );
+        assert!(answer_summary(&[b'x'; 1000]).len() < 300);
+    }
 
     #[tokio::test]
     async fn streamed_bodies_are_bounded() {
