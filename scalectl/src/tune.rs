@@ -38,6 +38,11 @@ use crate::quantity::{Milli, format_f64, format_milli};
 /// The sync period in the API's whole seconds, for policies.
 const SYNC_PERIOD_SECONDS: i32 = 15;
 
+/// The bridge's histogram of the wait a `wait=` goal bounds: from a job's
+/// publish to its first push to a worker. What production watches for the
+/// goal tuned for (manifests/base/monitoring.yaml records its quantiles).
+pub const WAIT_METRIC: &str = "host_bridge_job_queue_wait_seconds";
+
 /// What the load must see.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Goal {

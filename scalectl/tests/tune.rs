@@ -174,6 +174,15 @@ fn the_cli_writes_the_hpa_and_fails_in_one_line() -> anyhow::Result<()> {
     let spec = Spec::from_hpa(&serde_yaml_ng::from_str(&written)?)?;
     assert!(spec.max <= 20);
 
+    // A wait goal names the metric that watches it in production.
+    let waits = run(&["--goal", "wait=60s"])?;
+    let stdout = String::from_utf8_lossy(&waits.stdout);
+    assert!(waits.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("watch in production: host_bridge_job_queue_wait_seconds"),
+        "{stdout}"
+    );
+
     let impossible = run(&["--goal", "drain=1s"])?;
     assert_eq!(impossible.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&impossible.stderr);

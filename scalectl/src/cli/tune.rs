@@ -72,6 +72,18 @@ pub(super) fn run(args: TuneArgs) -> anyhow::Result<()> {
             args.scenario.hpa.display()
         )?;
     }
+    // The goal tuned for is the one to watch: name it as production has it.
+    for goal in &args.goals {
+        if let Goal::Wait(seconds) = goal {
+            writeln!(
+                out,
+                "\nwatch in production: {} (publish to first push), quantiles recorded as \
+                 namespace:{}:p95/p99 by manifests/base/monitoring.yaml; alert when p99 passes {seconds} s",
+                crate::tune::WAIT_METRIC,
+                crate::tune::WAIT_METRIC,
+            )?;
+        }
+    }
     let Some(path) = &args.write else {
         return Ok(());
     };
