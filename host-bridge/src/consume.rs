@@ -447,13 +447,22 @@ impl JobRunner {
                 Err(e) => return PushResult::Broken(e.to_string()),
             }
         }
-        if keep {
-            warn!(status, worker_said = %crate::server::answer_summary(&said), "the worker answered with an error");
-        }
-        PushResult::Answered {
+        let result = PushResult::Answered {
             status,
             retry_after,
+        };
+        // "Later" is the worker's back-pressure, not an error: debug only.
+        let said = || crate::server::answer_summary(&said);
+        match result.next() {
+            Next::Ack => {}
+            Next::Later(_) => {
+                debug!(status, worker_said = %said(), "the worker can't take work now")
+            }
+            Next::Poison | Next::Retry => {
+                warn!(status, worker_said = %said(), "the worker answered with an error");
+            }
         }
+        result
     }
 
     /// Handles one delivery from its check to its settlement, on `channel`

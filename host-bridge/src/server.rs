@@ -228,11 +228,11 @@ pub async fn discard_body(body: Body, limit: usize, timeout: Duration) {
 pub fn answer_summary(body: &[u8]) -> String {
     const SHOWN: usize = 256;
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => format!(
-            "{}: {}",
-            e.error,
-            e.message.chars().take(SHOWN).collect::<String>()
-        ),
+        // Both fields are the component's: bound each, and escape them.
+        Ok(e) => {
+            let bounded = |t: &str| format!("{:?}", t.chars().take(SHOWN).collect::<String>());
+            format!("{}: {}", bounded(&e.error), bounded(&e.message))
+        }
         Err(_) => {
             let text = String::from_utf8_lossy(&body[..body.len().min(SHOWN)]);
             // Debug escapes control characters: a line of its own, always.
@@ -382,8 +382,11 @@ mod tests {
         let json = br#"{"error":"bad_config","message":"BRIDGE_TIMEOUT_MS is not a number"}"#;
         assert_eq!(
             answer_summary(json),
-            "bad_config: BRIDGE_TIMEOUT_MS is not a number"
+            r#""bad_config": "BRIDGE_TIMEOUT_MS is not a number""#
         );
+        // A component's error code can't make a log line of any length.
+        let long = format!(r#"{{"error":"{}","message":"m"}}"#, "e".repeat(100_000));
+        assert!(answer_summary(long.as_bytes()).len() < 300);
         assert_eq!(
             answer_summary(b"boom\nsecond line"),
             r#""boom\nsecond line""#
