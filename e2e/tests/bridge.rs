@@ -349,34 +349,39 @@ async fn metrics_cover_the_documented_families() -> Result<()> {
 #[test]
 fn a_bad_setting_exits_64_with_one_line_and_help_exits_0() -> Result<()> {
     let bridge = testkit::process::bridge_binary();
-    for (var, value, names) in [
-        ("PUBLISH_TIMEOUT", "5", "--publish-timeout"),
-        ("CONCURRENCY", "abc", "--concurrency"),
-        ("BRIDGE_ROLES", "bogus", "--roles"),
-        ("CONCURRENCY", "0", "--concurrency"),
-        ("WORKER_URL", "https://127.0.0.1:3001/", "--worker-url"),
-        ("PRODUCER_URL", "http://127.0.0.1/x", "--producer-url"),
+    let otlp = "http://127.0.0.1:4318";
+    for (settings, names) in [
+        (&[("PUBLISH_TIMEOUT", "5")][..], "--publish-timeout"),
+        (&[("CONCURRENCY", "abc")], "--concurrency"),
+        (&[("BRIDGE_ROLES", "bogus")], "--roles"),
+        (&[("CONCURRENCY", "0")], "--concurrency"),
+        (&[("WORKER_URL", "https://127.0.0.1:3001/")], "--worker-url"),
+        (&[("PRODUCER_URL", "http://127.0.0.1/x")], "--producer-url"),
+        (
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+            "--otlp-endpoint",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
     ] {
-        let output = std::process::Command::new(&bridge)
-            .env(var, value)
-            .env(
-                "BRIDGE_ROLES",
-                if var == "BRIDGE_ROLES" {
-                    value
-                } else {
-                    "publish,consume,ingress"
-                },
-            )
-            .output()?;
+        let mut command = std::process::Command::new(&bridge);
+        command.env("BRIDGE_ROLES", "publish,consume,ingress");
+        command.envs(settings.iter().copied());
+        let output = command.output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        println!("{var}={value}: exit {:?}: {stderr}", output.status.code());
-        assert_eq!(output.status.code(), Some(64), "{var}={value}: {stderr}");
+        println!("{settings:?}: exit {:?}: {stderr}", output.status.code());
+        assert_eq!(output.status.code(), Some(64), "{settings:?}: {stderr}");
         assert_eq!(
             stderr.trim_end().lines().count(),
             1,
-            "{var}={value}: {stderr}"
+            "{settings:?}: {stderr}"
         );
-        assert!(stderr.contains(names), "{var}={value}: {stderr}");
+        assert!(stderr.contains(names), "{settings:?}: {stderr}");
     }
     for flag in ["--help", "--version"] {
         let output = std::process::Command::new(&bridge).arg(flag).output()?;

@@ -219,6 +219,15 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Where to export spans, OTLP over HTTP with protobuf: the collector's
+    /// base URL (`/v1/traces` is appended, or set
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`). Unset: no spans are made, and
+    /// trace context is still passed on. The SDK's own variables apply too
+    /// (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// One broker the bridge may connect to.

@@ -33,11 +33,13 @@ use lapin::{Channel, Confirmation, Consumer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::broker::{Backoff, REPLY_SUCCESS, Session, SessionWatch, Topology, current_session};
 use crate::config::Config;
 use crate::metrics::{JobOutcome, Metrics, RetryReason};
+use crate::telemetry;
 
 /// The first wait between pushes of a held job.
 const PUSH_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -406,11 +408,15 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    /// Sends one job to the worker and reads its whole answer.
-    pub async fn push(&self, body: &[u8]) -> PushResult {
+    /// Sends one job to the worker with the trace context `trace`, and
+    /// reads its whole answer.
+    pub async fn push(&self, body: &[u8], trace: &opentelemetry::Context) -> PushResult {
+        let mut headers = reqwest::header::HeaderMap::new();
+        telemetry::to_http(trace, &mut headers);
         let request = self
             .client
             .post(&self.url)
+            .headers(headers)
             .header("content-type", "application/json")
             // Covers connecting, the answer's head and its whole body.
             .timeout(self.timeout)
@@ -473,8 +479,23 @@ impl JobRunner {
             Ok(id) => id,
             Err(reason) => return self.dead_letter_malformed(&channel, delivery, reason).await,
         };
-        // The id passed `job::validate_id`: safe to log as it is.
-        let span = info_span!("job", %id, delivery = previous + 1);
+        // The id passed `job::validate_id`: safe to log as it is. The trace
+        // id ties this job's log lines to its trace.
+        let span = info_span!(
+            "job",
+            job.id = %id,
+            delivery = previous + 1,
+            trace_id = Empty,
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %self.queue,
+            otel.status_code = Empty,
+        );
+        let parent = telemetry::from_amqp(delivery.properties.headers().as_ref());
+        if let Some(trace_id) = telemetry::trace_id(&parent) {
+            span.record("trace_id", trace_id);
+        }
+        let trace = telemetry::follow(&span, &parent);
         let published = published_at(&delivery);
         async {
             let _timer = self.metrics.job_started();
@@ -488,7 +509,8 @@ impl JobRunner {
                     .job_queue_wait
                     .observe(seconds_since(published));
             }
-            let (pushed, result, pushes) = self.push_until_settled(&delivery.data, &stop).await;
+            let (pushed, result, pushes) =
+                self.push_until_settled(&delivery.data, &stop, &trace).await;
             let dead = |reason| {
                 Settle::DeadLetter(DeadLetter {
                     reason,
@@ -509,6 +531,9 @@ impl JobRunner {
             };
             let outcome = settle.outcome();
             let acked = settle == Settle::Ack;
+            if !acked {
+                Span::current().record("otel.status_code", "ERROR");
+            }
             if self.settle(&channel, &delivery, settle).await {
                 if let (true, Some(published)) = (acked, published) {
                     self.metrics
@@ -612,13 +637,31 @@ impl JobRunner {
         &self,
         body: &[u8],
         stop: &CancellationToken,
+        trace: &opentelemetry::Context,
     ) -> (Pushed, PushResult, u32) {
         let mut backoff = Backoff::new(PUSH_BACKOFF_BASE, self.max_backoff);
         let mut failing_since: Option<Instant> = None;
         let mut pushes = 0;
         loop {
             let started = Instant::now();
-            let result = self.push(body).await;
+            let span = info_span!(
+                "push",
+                otel.kind = "client",
+                http.request.method = "POST",
+                http.response.status_code = Empty,
+                otel.status_code = Empty,
+            );
+            let onward = telemetry::follow(&span, trace);
+            let result = self.push(body, &onward).instrument(span.clone()).await;
+            match &result {
+                PushResult::Answered { status, .. } => {
+                    span.record("http.response.status_code", status);
+                }
+                _ => {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            drop(span);
             pushes += 1;
             self.metrics
                 .worker_push_duration

@@ -35,11 +35,13 @@ use axum::http::{Response, StatusCode};
 use axum::response::IntoResponse;
 use job::MAX_BODY_BYTES;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::{Config, upstream_addr};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::server::{ApiError, discard_body, read_body};
+use crate::telemetry;
 
 /// The largest answer passed back from the component. Its answers are small
 /// JSON objects; anything bigger is a broken component, not a client's data.
@@ -194,8 +196,32 @@ impl Ingress {
     }
 }
 
-/// Forwards one request and relays the answer.
+/// Forwards one request and relays the answer, in a span that continues
+/// the client's trace (or starts one, when spans are exported).
 async fn forward(State(ingress): State<Arc<Ingress>>, request: Request) -> Response<Body> {
+    let span = info_span!(
+        "ingress",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = Empty,
+        http.response.status_code = Empty,
+    );
+    // The path is a client's: recorded with its characters escaped.
+    span.record("url.path", tracing::field::debug(request.uri().path()));
+    let trace = telemetry::follow(&span, &telemetry::from_http(request.headers()));
+    let answer = relay(&ingress, request, &trace)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", answer.status().as_u16());
+    answer
+}
+
+/// [`forward`]'s work: `trace` is the context the component is sent.
+async fn relay(
+    ingress: &Ingress,
+    request: Request,
+    trace: &opentelemetry::Context,
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     // Held from before the body is read until the answer is relayed: that
     // bounds the bodies and answers held at once.
@@ -223,10 +249,12 @@ async fn forward(State(ingress): State<Arc<Ingress>>, request: Request) -> Respo
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    let mut headers = end_to_end(parts.headers);
+    telemetry::to_http(trace, &mut headers);
     let sent = ingress
         .client
         .request(parts.method, format!("{}{path}", ingress.upstream))
-        .headers(end_to_end(parts.headers))
+        .headers(headers)
         .body(body)
         .send()
         .await;

@@ -36,12 +36,14 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, ErrorKind};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::broker::{Session, SessionWatch};
 use crate::config::Config;
 use crate::metrics::{Metrics, PublishOutcome};
 use crate::server::{ApiError, discard_body, read_json_body};
+use crate::telemetry;
 
 pub use job::{DEADLINE_HEADER, OBSERVE_COUNTED_HEADER, OBSERVE_HEADER};
 
@@ -267,6 +269,7 @@ impl PublishApi {
         id: &str,
         body: Vec<u8>,
         permit: InFlight,
+        trace: &opentelemetry::Context,
     ) -> Result<(), PublishError> {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
@@ -283,7 +286,7 @@ impl PublishApi {
             // 2 = persistent: quorum queues persist anyway; this states intent.
             .with_delivery_mode(2)
             .with_timestamp(unix_seconds())
-            .with_headers(published_at_now());
+            .with_headers(headers_now(trace));
         let queue = self.queue.clone();
         // The send and the wait run in their own task, so that a caller's
         // timeout does not drop a message lapin may already have written: the
@@ -392,8 +395,9 @@ async fn settle_late(
     info!(id = ?id, verdict = label, "late verdict for a publish answered outcome_unknown");
 }
 
-/// The headers of a message published now: [`job::PUBLISHED_AT_HEADER`].
-fn published_at_now() -> lapin::types::FieldTable {
+/// The headers of a message published now: [`job::PUBLISHED_AT_HEADER`]
+/// and the trace context to continue from (`traceparent`, `tracestate`).
+fn headers_now(trace: &opentelemetry::Context) -> lapin::types::FieldTable {
     let ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -403,6 +407,7 @@ fn published_at_now() -> lapin::types::FieldTable {
         job::PUBLISHED_AT_HEADER.into(),
         lapin::types::AMQPValue::LongLongInt(ms),
     );
+    telemetry::to_amqp(trace, &mut headers);
     headers
 }
 
@@ -449,9 +454,25 @@ async fn publish(
     let started = Instant::now();
     let observed = observed_request(&headers);
     let caller_deadline = deadline(&headers)?;
+    // The job id is recorded once the body is read: a span attribute,
+    // never a metric label.
+    let span = info_span!(
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %api.queue,
+        job.id = Empty,
+        otel.status_code = Empty,
+    );
+    let trace = telemetry::follow(&span, &telemetry::from_http(&headers));
     // A bad request (the outer Err) is not counted here: the producer turns
     // it into its own 502 and reports that itself.
-    let result = publish_request(&api, &headers, caller_deadline, body).await?;
+    let result = publish_request(&api, &headers, caller_deadline, body, &trace)
+        .instrument(span.clone())
+        .await?;
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
     let outcome = result
         .as_ref()
         .map_or_else(|(_, e)| e.outcome(), |_| PublishOutcome::Confirmed);
@@ -493,6 +514,7 @@ async fn publish_request(
     headers: &HeaderMap,
     deadline: Option<SystemTime>,
     body: Body,
+    trace: &opentelemetry::Context,
 ) -> Result<Result<String, (Option<String>, PublishError)>, ApiError> {
     // Refuse before holding the body: a stalled or blocked broker must cost
     // no memory. The body is still read (and dropped), so that the client
@@ -512,6 +534,8 @@ async fn publish_request(
     )
     .await?;
     let job = Job::from_body(&bytes)?;
+    // The id passed `job::validate_id`: safe to record as it is.
+    Span::current().record("job.id", job.id.as_str());
     let permit = match api.hold_body(permit, bytes.len()) {
         Ok(permit) => permit,
         Err(e) => return Ok(Err((Some(job.id), e))),
@@ -525,7 +549,7 @@ async fn publish_request(
             PublishError::DeadlineExceeded(api.timeout),
         )));
     }
-    match api.publish(&job.id, bytes, permit).await {
+    match api.publish(&job.id, bytes, permit, trace).await {
         Ok(()) => Ok(Ok(job.id)),
         Err(e) => Ok(Err((Some(job.id), e))),
     }

@@ -11,6 +11,7 @@ pub mod amqp;
 pub mod bridge;
 pub mod cluster;
 pub mod load;
+pub mod otlp;
 pub mod private_broker;
 pub mod process;
 pub mod prometheus;

@@ -82,6 +82,8 @@ pub struct Answer {
     pub status: u16,
     /// The body.
     pub body: Bytes,
+    /// The headers of the request it answered.
+    pub request_headers: hyper::HeaderMap,
 }
 
 /// A component served on loopback.
@@ -265,6 +267,7 @@ impl Host {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> anyhow::Result<hyper::Response<Full<Bytes>>> {
+        let request_headers = req.headers().clone();
         let mut store = Store::new(engine(), Guest::new(&self.env));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store
@@ -304,6 +307,7 @@ impl Host {
         let _ = self.answers.send(Answer {
             status: parts.status.as_u16(),
             body: body.clone(),
+            request_headers,
         });
         Ok(hyper::Response::from_parts(parts, Full::new(body)))
     }

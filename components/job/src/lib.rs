@@ -23,6 +23,36 @@ pub const DEADLINE_HEADER: &str = "publish-deadline";
 /// `timestamp` property is whole seconds, too coarse for a wait.)
 pub const PUBLISHED_AT_HEADER: &str = "x-published-at-ms";
 
+/// The W3C Trace Context header naming the caller's trace and span. The
+/// producer passes it (with [`TRACESTATE_HEADER`]) from its request to the
+/// publish API; the bridge carries it through the queue to the worker.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The W3C Trace Context header with vendors' trace state, passed on with
+/// a valid [`TRACEPARENT_HEADER`] only.
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// The longest `tracestate` passed on: the W3C limit is 32 members, and 512
+/// bytes is what it says a platform must at least propagate.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// Whether `value` is a `traceparent` of version `00` as the W3C
+/// specification writes it: `00-<32 hex trace id>-<16 hex parent id>-<2 hex
+/// flags>`, lowercase, with neither id all zeros. Only such a value is
+/// passed on or logged by a component: it can carry nothing else.
+pub fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if *version == "00"
+            && hex(trace, 32) && nonzero(trace)
+            && hex(parent, 16) && nonzero(parent)
+            && hex(flags, 2))
+}
+
 /// The header in which the producer asks the bridge to count this publish
 /// as its request `<METHOD> <route>`, answered with the bridge's verdict.
 pub const OBSERVE_HEADER: &str = "observe-request";
@@ -238,6 +268,26 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn traceparents_are_recognised_exactly() {
+        use super::is_traceparent;
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            "",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",
+        ] {
+            assert!(!is_traceparent(bad), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -16,7 +16,7 @@ use futures::SinkExt;
 // The protocol's headers with the publish API live in `job`, with the bridge.
 use job::{
     BodyError, DEADLINE_HEADER, ErrorBody, GenerateRequest, Job, OBSERVE_COUNTED_HEADER,
-    OBSERVE_HEADER,
+    OBSERVE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
 };
 use spin_sdk::http::{
     Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam, send,
@@ -129,6 +129,7 @@ async fn answer(req: IncomingRequest, method: &Method, path: &str, observed: boo
         );
     }
     let key = header(&req.headers(), IDEMPOTENCY_KEY);
+    let trace = trace_headers(&req.headers());
     let generate = match method {
         Method::Get => GenerateRequest::default(),
         Method::Post => match read_generate_request(req).await {
@@ -153,7 +154,30 @@ async fn answer(req: IncomingRequest, method: &Method, path: &str, observed: boo
         created_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         payload: generate.payload,
     };
-    publish(&job, observed.then(|| format!("{method} {GENERATE}"))).await
+    publish(
+        &job,
+        observed.then(|| format!("{method} {GENERATE}")),
+        &trace,
+    )
+    .await
+}
+
+/// The request's W3C trace context, to pass on to the publish API so that
+/// the job's trace runs through this hop: a valid `traceparent` and, with
+/// it, a `tracestate` of at most [`job::MAX_TRACESTATE_LEN`] bytes. The
+/// producer makes no span of its own; the bridge's ingress span is the
+/// parent the publish continues from.
+fn trace_headers(fields: &Fields) -> Vec<(&'static str, String)> {
+    let Some(parent) = header(fields, TRACEPARENT_HEADER).filter(|v| job::is_traceparent(v)) else {
+        return Vec::new();
+    };
+    let mut headers = vec![(TRACEPARENT_HEADER, parent)];
+    if let Some(state) = header(fields, TRACESTATE_HEADER).filter(|v| {
+        v.len() <= job::MAX_TRACESTATE_LEN && v.bytes().all(|b| (b' '..=b'~').contains(&b))
+    }) {
+        headers.push((TRACESTATE_HEADER, state));
+    }
+    headers
 }
 
 /// The job's id: the client's (from `Idempotency-Key` or the body's `id`,
@@ -200,7 +224,7 @@ async fn read_generate_request(req: IncomingRequest) -> Result<GenerateRequest, 
 /// Hands the job to the bridge and turns its verdict into the client's
 /// answer. With `observed` (`<METHOD> <route>`), the bridge counts the
 /// request and its verdict, and the answer says so when it is that verdict.
-async fn publish(job: &Job, observed: Option<String>) -> Answer {
+async fn publish(job: &Job, observed: Option<String>, trace: &[(&str, String)]) -> Answer {
     let url = env_or(PUBLISH_URL_ENV, DEFAULT_PUBLISH_URL);
     let timeout = match bridge_timeout() {
         Ok(timeout) => timeout,
@@ -221,6 +245,9 @@ async fn publish(job: &Job, observed: Option<String>) -> Answer {
         .header(DEADLINE_HEADER, deadline_ms.to_string());
     if let Some(observed) = observed {
         request.header(OBSERVE_HEADER, observed);
+    }
+    for (name, value) in trace {
+        request.header(*name, value.as_str());
     }
     let request = request.build();
     let unavailable = || {

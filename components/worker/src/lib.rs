@@ -40,6 +40,14 @@ fn handle(req: Request) -> impl IntoResponse {
         // A bad setting is this worker's fault, not the job's: 5xx requeues.
         Err(message) => return error(500, "bad_config", message).build(),
     };
+    // The trace this job belongs to, for the log line: only a well-formed
+    // traceparent, so that a header can't write anything else into the log.
+    let trace = req
+        .header(job::TRACEPARENT_HEADER)
+        .and_then(|v| v.as_str())
+        .filter(|v| job::is_traceparent(v))
+        .map(|v| format!(" (traceparent {v})"))
+        .unwrap_or_default();
     let started = Instant::now();
     std::thread::sleep(duration);
     let result = WorkResult {
@@ -47,7 +55,7 @@ fn handle(req: Request) -> impl IntoResponse {
         worked_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     eprintln!(
-        "worker: finished job {} in {} ms",
+        "worker: finished job {} in {} ms{trace}",
         result.id, result.worked_ms
     );
     Response::builder()
