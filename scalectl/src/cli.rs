@@ -109,9 +109,8 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// The load, the pipeline and the cluster, shared by `plan` and `tune`.
 #[derive(clap::Args)]
 struct ScenarioArgs {
-    /// The HPA manifest (the real file).
-    #[arg(long, env = "SCALECTL_HPA", default_value = "manifests/hpa.yaml")]
-    hpa: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// Jobs queued at once at --burst-at.
     #[arg(long, env = "SCALECTL_BURST", default_value_t = 300)]
     burst: u32,
@@ -124,6 +123,20 @@ struct ScenarioArgs {
     /// How long the steady rate lasts, seconds.
     #[arg(long, env = "SCALECTL_RATE_DURATION", default_value_t = 0.0, value_parser = non_negative)]
     rate_duration: f64,
+    /// Phases per clock in the drain spread (steps³ plans; at most 20,
+    /// 8,000 plans, so that a typo can't hang the command).
+    #[arg(long, env = "SCALECTL_PHASE_STEPS", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(1..=20))]
+    phase_steps: u16,
+}
+
+/// The HPA, the workers, the metric pipeline and the cluster: everything a
+/// plan needs but the load (`watch` takes the load it observes).
+#[derive(clap::Args)]
+struct PipelineArgs {
+    /// The HPA manifest (the real file).
+    #[arg(long, env = "SCALECTL_HPA", default_value = "manifests/hpa.yaml")]
+    hpa: PathBuf,
     /// Seconds of work per job.
     #[arg(long, env = "SCALECTL_SERVICE_TIME", default_value_t = 5.0, value_parser = non_negative)]
     service_time: f64,
@@ -140,11 +153,6 @@ struct ScenarioArgs {
     /// Prometheus's scrape interval, seconds.
     #[arg(long, env = "SCALECTL_SCRAPE_INTERVAL", default_value_t = 15.0, value_parser = non_negative)]
     scrape_interval: f64,
-    /// Phases per clock in the drain spread (steps³ plans; at most 20,
-    /// 8,000 plans, so that a typo can't hang the command).
-    #[arg(long, env = "SCALECTL_PHASE_STEPS", default_value_t = 5,
-          value_parser = clap::value_parser!(u16).range(1..=20))]
-    phase_steps: u16,
     /// The Kubernetes release the controller and API server run (1.23 and
     /// later): it decides the tolerance rule. The default is the project's
     /// floor.
@@ -165,7 +173,7 @@ fn non_negative(text: &str) -> Result<f64, String> {
     }
 }
 
-impl ScenarioArgs {
+impl PipelineArgs {
     /// The cluster the flags describe.
     fn cluster(&self) -> anyhow::Result<Cluster> {
         let version: Version = self
@@ -197,12 +205,10 @@ impl ScenarioArgs {
         Ok((hpa, spec))
     }
 
-    fn scenario(&self, phases: Phases, cluster: Cluster) -> anyhow::Result<Scenario> {
-        let scenario = Scenario {
-            burst: self.burst,
-            burst_at: self.burst_at,
-            rate: self.rate,
-            rate_duration: self.rate_duration,
+    /// The scenario of these workers and this pipeline, with no load.
+    fn unloaded(&self, phases: Phases, cluster: Cluster) -> Scenario {
+        Scenario {
+            burst: 0,
             service_time: self.service_time,
             concurrency: self.concurrency,
             pod_start: self.pod_start,
@@ -211,6 +217,31 @@ impl ScenarioArgs {
             phases,
             cluster,
             ..Scenario::default()
+        }
+    }
+}
+
+impl ScenarioArgs {
+    /// The cluster the flags describe.
+    fn cluster(&self) -> anyhow::Result<Cluster> {
+        self.pipeline.cluster()
+    }
+
+    /// The HPA, read and validated.
+    fn spec(
+        &self,
+        cluster: &Cluster,
+    ) -> anyhow::Result<(HorizontalPodAutoscaler, crate::hpa::Spec)> {
+        self.pipeline.spec(cluster)
+    }
+
+    fn scenario(&self, phases: Phases, cluster: Cluster) -> anyhow::Result<Scenario> {
+        let scenario = Scenario {
+            burst: self.burst,
+            burst_at: self.burst_at,
+            rate: self.rate,
+            rate_duration: self.rate_duration,
+            ..self.pipeline.unloaded(phases, cluster)
         };
         scenario.validate().map_err(usage)?;
         Ok(scenario)
@@ -257,6 +288,9 @@ mod tests {
             (&["plan", "--phase-steps", "1000"], "--phase-steps"),
             (&["tune", "--goal", "latency=5s"], "--goal"),
             (&["watch", "--interval", "inf"], "--interval"),
+            // Nothing to replay or count replicas with, without Prometheus.
+            (&["watch", "--plan"], "--prometheus"),
+            (&["watch", "--local"], "--prometheus"),
             (&["load", "--concurrency", "0"], "--concurrency"),
             (&["plan", "--no-such-flag"], "--no-such-flag"),
         ] {

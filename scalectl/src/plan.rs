@@ -58,6 +58,10 @@ pub struct Scenario {
     pub phases: Phases,
     /// The Kubernetes release and gates the controller runs with.
     pub cluster: Cluster,
+    /// Jobs arriving at given times, as (seconds, count) in time order,
+    /// besides the burst and the steady rate: the arrivals a live run saw,
+    /// which `watch` replays to set the plan beside the cluster.
+    pub arrivals: Vec<(f64, u32)>,
 }
 
 /// When each of the pipeline's clocks first ticks, seconds (each within its
@@ -121,11 +125,22 @@ impl Scenario {
         if self.concurrency == 0 {
             return Err("a pod must take at least one job at once".into());
         }
-        let last_arrival = self.burst_at.max(if self.rate > 0.0 {
-            self.rate_duration
-        } else {
-            0.0
-        });
+        if self.arrivals.windows(2).any(|w| w[1].0 < w[0].0)
+            || self
+                .arrivals
+                .iter()
+                .any(|a| !(a.0.is_finite() && a.0 >= 0.0))
+        {
+            return Err("observed arrivals must be at times from 0 on, in order".into());
+        }
+        let last_arrival = self
+            .burst_at
+            .max(if self.rate > 0.0 {
+                self.rate_duration
+            } else {
+                0.0
+            })
+            .max(self.arrivals.last().map_or(0.0, |a| a.0));
         if last_arrival >= self.horizon {
             return Err(format!(
                 "the load arrives until {last_arrival} s, past the simulation's horizon of {} s",
@@ -152,6 +167,7 @@ impl Default for Scenario {
             horizon: 3600.0,
             phases: Phases::default(),
             cluster: Cluster::default(),
+            arrivals: Vec::new(),
         }
     }
 }
@@ -197,6 +213,9 @@ pub struct Plan {
     pub extra_pod_seconds: f64,
     /// When the burst arrived (the drain and the bound count from here).
     pub burst_at: f64,
+    /// Every job a pod took, as (when, seconds it had waited), in order:
+    /// the waits whose quantiles `watch` sets beside the live histogram's.
+    pub waits: Vec<(f64, f64)>,
 }
 
 /// Seconds as the world's integer milliseconds: every time in the world is
@@ -263,6 +282,11 @@ pub fn plan(spec: &Spec, scenario: &Scenario) -> Plan {
         drain_time: world.drain_time.map(seconds),
         lower_bound: (f64::from(scenario.burst) / per_round).ceil() * scenario.service_time,
         burst_at: scenario.burst_at,
+        waits: world
+            .waits
+            .iter()
+            .map(|&(t, wait)| (seconds(t), seconds(wait)))
+            .collect(),
     }
 }
 
@@ -287,6 +311,10 @@ struct World<'a> {
     arrivals: VecDeque<(i64, u32)>,
     /// The longest wait so far from arrival to a pod taking the job.
     max_wait: i64,
+    /// (when taken, wait) of every job taken so far.
+    waits: Vec<(i64, i64)>,
+    /// The next of the scenario's observed arrivals to come.
+    next_observed: usize,
     /// ∫ (pods − minReplicas) dt so far, pod-milliseconds.
     extra_pod_ms: i64,
     min_replicas: i32,
@@ -326,11 +354,15 @@ impl<'a> World<'a> {
             ready: 0,
             arrivals: VecDeque::new(),
             max_wait: 0,
+            waits: Vec::new(),
+            next_observed: 0,
             extra_pod_ms: 0,
             min_replicas,
             burst_pending: true,
             rate_arrived: 0,
-            total: scenario.burst + steady(scenario, ms(scenario.rate_duration)),
+            total: scenario.burst
+                + steady(scenario, ms(scenario.rate_duration))
+                + scenario.arrivals.iter().map(|a| a.1).sum::<u32>(),
             done: 0,
             stats: 0,
             scraped: 0,
@@ -350,6 +382,12 @@ impl<'a> World<'a> {
         let due = steady(self.scenario, t);
         self.enqueue(t, due - self.rate_arrived);
         self.rate_arrived = due;
+        while let Some(&(at, count)) = self.scenario.arrivals.get(self.next_observed)
+            && ms(at) <= t
+        {
+            self.enqueue(ms(at), count);
+            self.next_observed += 1;
+        }
         // This step's pods, for the cost (leaving ones still run).
         self.extra_pod_ms +=
             (self.pods.len() as i64 - i64::from(self.min_replicas)).max(0) * STEP_MS;
@@ -366,6 +404,7 @@ impl<'a> World<'a> {
     fn dequeue(&mut self, t: i64) {
         if let Some((at, count)) = self.arrivals.front_mut() {
             self.max_wait = self.max_wait.max(t - *at);
+            self.waits.push((t, t - *at));
             *count -= 1;
             if *count == 0 {
                 self.arrivals.pop_front();
@@ -727,6 +766,37 @@ mod tests {
             v.extra_pod_seconds,
             a.extra_pod_seconds
         );
+    }
+
+    #[test]
+    fn observed_arrivals_replay_as_the_same_jobs_would_arrive() {
+        // Ten jobs observed at 1 s are the default burst of ten at 1 s:
+        // the same world, tick for tick, and every job's wait recorded.
+        let burst = Scenario {
+            burst: 10,
+            ..Scenario::default()
+        };
+        let observed = Scenario {
+            burst: 0,
+            arrivals: vec![(1.0, 4), (1.0, 6)],
+            ..Scenario::default()
+        };
+        let (a, b) = (plan(&spec(10), &burst), plan(&spec(10), &observed));
+        assert_eq!(a.timeline, b.timeline);
+        assert_eq!(a.waits, b.waits);
+        assert_eq!(b.waits.len(), 10);
+        assert_eq!(
+            b.waits.iter().map(|w| w.1).fold(0.0, f64::max),
+            b.max_wait.unwrap()
+        );
+        // Out of order, or at a negative time, they are refused.
+        for arrivals in [vec![(2.0, 1), (1.0, 1)], vec![(-1.0, 1)]] {
+            let bad = Scenario {
+                arrivals,
+                ..Scenario::default()
+            };
+            assert!(bad.validate().is_err());
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::Result;
 use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
-use scalectl::watch::{Watcher, csv, render, svg};
+use scalectl::watch::{Sources, Watcher, csv, render, svg};
 use serde_json::{Value, json};
 
 const NS: &str = "wasm-jobs";
@@ -110,7 +110,10 @@ async fn watch_gathers_renders_and_charts_from_the_api() -> Result<()> {
 
     let config = kube::Config::new(format!("http://{addr}").parse()?);
     let client = kube::Client::try_from(config)?;
-    let watcher = Watcher::new(client, NS, "worker", "worker", None);
+    let watcher = Watcher::new(Sources {
+        kube: Some((client, NS.into(), "worker".into(), "worker".into())),
+        prometheus: None,
+    });
 
     let first = watcher.sample(0.0).await?;
     assert_eq!((first.current, first.desired), (4, 8));

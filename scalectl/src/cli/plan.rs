@@ -46,7 +46,7 @@ pub(super) fn run(args: PlanArgs) -> anyhow::Result<()> {
         let title = format!(
             "{} jobs, HPA {} ({}, max {})",
             scenario.burst,
-            args.scenario.hpa.display(),
+            args.scenario.pipeline.hpa.display(),
             spec.target,
             spec.max
         );
@@ -59,8 +59,16 @@ pub(super) fn run(args: PlanArgs) -> anyhow::Result<()> {
 /// A phase is where in its period a clock first ticks: below the period.
 fn check_phases(args: &PlanArgs) -> anyhow::Result<()> {
     for (name, phase, period) in [
-        ("stats", args.phase.stats, args.scenario.stats_interval),
-        ("scrape", args.phase.scrape, args.scenario.scrape_interval),
+        (
+            "stats",
+            args.phase.stats,
+            args.scenario.pipeline.stats_interval,
+        ),
+        (
+            "scrape",
+            args.phase.scrape,
+            args.scenario.pipeline.scrape_interval,
+        ),
         ("sync", args.phase.sync, SYNC_PERIOD),
     ] {
         if period > 0.0 && phase >= period {

@@ -69,7 +69,7 @@ pub(super) fn run(args: TuneArgs) -> anyhow::Result<()> {
         writeln!(
             out,
             "\n* the current HPA ({}) misses the goal",
-            args.scenario.hpa.display()
+            args.scenario.pipeline.hpa.display()
         )?;
     }
     // The goal tuned for is the one to watch: name it as production has it.
@@ -90,7 +90,7 @@ pub(super) fn run(args: TuneArgs) -> anyhow::Result<()> {
     crate::tune::apply(&found[0].spec, &mut hpa)?;
     let header = format!(
         "# Written by `scalectl tune` from {}: {}.\n# {}.\n",
-        args.scenario.hpa.display(),
+        args.scenario.pipeline.hpa.display(),
         goals.join("; "),
         assumptions(&scenario)
     );

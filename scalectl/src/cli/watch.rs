@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::watch::{Sample, Watcher, csv, render, svg};
+use super::PipelineArgs;
+use crate::plan::{Phases, plan};
+use crate::watch::{
+    Queries, Sample, Sources, Watcher, arrivals, compare_svg, csv, divergence, render, svg,
+};
 
 #[derive(clap::Args)]
 pub(super) struct WatchArgs {
@@ -18,9 +22,9 @@ pub(super) struct WatchArgs {
         default_value = "wasm-jobs"
     )]
     namespace: String,
-    /// The HPA.
+    /// The HPA's name (`--hpa` is its manifest, for `--plan`).
     #[arg(long, env = "SCALECTL_WATCH_HPA", default_value = "worker")]
-    hpa: String,
+    hpa_name: String,
     /// The Deployment it scales.
     #[arg(long, env = "SCALECTL_DEPLOYMENT", default_value = "worker")]
     deployment: String,
@@ -36,6 +40,32 @@ pub(super) struct WatchArgs {
         default_value = r#"sum(rabbitmq_detailed_queue_messages{queue="jobs"})"#
     )]
     query: String,
+    /// The PromQL for the jobs confirmed so far: the arrivals `--plan`
+    /// replays.
+    #[arg(
+        long,
+        env = "SCALECTL_ARRIVALS_QUERY",
+        default_value = r#"sum(host_bridge_published_total{outcome="confirmed"})"#
+    )]
+    arrivals_query: String,
+    /// No Kubernetes API (the local stack): replicas come from Prometheus,
+    /// with `--replicas-query`. Needs `--prometheus`.
+    #[arg(long, env = "SCALECTL_LOCAL", requires = "prometheus")]
+    local: bool,
+    /// The PromQL for the workers taking jobs, with `--local`.
+    #[arg(
+        long,
+        env = "SCALECTL_REPLICAS_QUERY",
+        default_value = "count(host_bridge_worker_up)"
+    )]
+    replicas_query: String,
+    /// On exit, replay the arrivals seen through `scalectl plan` for the
+    /// HPA in `--hpa` and draw the plan beside the live run: queue,
+    /// replicas and the queue wait's p50 and p95. Needs `--prometheus`.
+    #[arg(long, env = "SCALECTL_WATCH_PLAN", requires = "prometheus")]
+    plan: bool,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// Seconds between samples, 0.2 to 3600.
     #[arg(long, env = "SCALECTL_INTERVAL", default_value = "2", value_parser = interval)]
     interval: Duration,
@@ -72,36 +102,89 @@ fn interval(text: &str) -> Result<Duration, String> {
 
 pub(super) fn run(args: WatchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    let samples = runtime.block_on(watch(&args))?;
+    // A bad --hpa or version is found before the watch, not after it.
+    let planned = if args.plan {
+        let cluster = args.pipeline.cluster()?;
+        let (_, spec) = args.pipeline.spec(&cluster)?;
+        Some((spec, args.pipeline.unloaded(Phases::default(), cluster)))
+    } else {
+        None
+    };
+    let (samples, buckets) = runtime.block_on(watch(&args))?;
     std::fs::write(&args.csv, csv(&samples))
         .with_context(|| format!("writing {}", args.csv.display()))?;
-    let title = format!("{}/{}: queue depth and replicas", args.namespace, args.hpa);
-    std::fs::write(&args.svg, svg(&samples, &title)?)
-        .with_context(|| format!("writing {}", args.svg.display()))?;
+    let chart = match planned {
+        Some((spec, unloaded)) => {
+            let last = samples.last().map_or(0.0, |s| s.t);
+            let scenario = crate::plan::Scenario {
+                arrivals: arrivals(&samples),
+                initial_replicas: samples.first().map_or(1, |s| s.current.max(1)),
+                // Room for the plan to drain what arrived last.
+                horizon: last + 3600.0,
+                ..unloaded
+            };
+            let result = plan(&spec, &scenario);
+            let buckets = buckets.as_deref();
+            println!("\n{}", divergence(&samples, &result, buckets));
+            let title = format!(
+                "{}: live against the plan for {} (same arrivals)",
+                where_(&args),
+                args.pipeline.hpa.display()
+            );
+            compare_svg(&samples, &result, buckets, &title)?
+        }
+        None => svg(
+            &samples,
+            &format!("{}: queue depth and replicas", where_(&args)),
+        )?,
+    };
+    std::fs::write(&args.svg, chart).with_context(|| format!("writing {}", args.svg.display()))?;
     println!("\nwrote {} and {}", args.csv.display(), args.svg.display());
     Ok(())
 }
 
-/// Samples and redraws until Ctrl-C; the samples taken.
-async fn watch(args: &WatchArgs) -> anyhow::Result<Vec<Sample>> {
-    let client = kube::Client::try_default()
-        .await
-        .context("no usable kubeconfig")?;
-    let prometheus = args.prometheus.clone().map(|url| (url, args.query.clone()));
-    let watcher = Watcher::new(
-        client,
-        &args.namespace,
-        &args.hpa,
-        &args.deployment,
-        prometheus,
-    );
+/// What the chart's title says was watched.
+fn where_(args: &WatchArgs) -> String {
+    if args.local {
+        "local stack".to_owned()
+    } else {
+        format!("{}/{}", args.namespace, args.hpa_name)
+    }
+}
+
+/// Samples and redraws until Ctrl-C (or SIGTERM); the samples taken and
+/// the live wait histogram's buckets.
+async fn watch(args: &WatchArgs) -> anyhow::Result<(Vec<Sample>, Option<Vec<f64>>)> {
+    let kube = if args.local {
+        None
+    } else {
+        let client = kube::Client::try_default()
+            .await
+            .context("no usable kubeconfig (on the local stack, use --local)")?;
+        Some((
+            client,
+            args.namespace.clone(),
+            args.hpa_name.clone(),
+            args.deployment.clone(),
+        ))
+    };
+    let prometheus = args.prometheus.clone().map(|url| Queries {
+        url,
+        queue: args.query.clone(),
+        arrived: args.arrivals_query.clone(),
+        replicas: args.replicas_query.clone(),
+    });
+    let watcher = Watcher::new(Sources { kube, prometheus });
     let started = std::time::Instant::now();
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(args.interval);
     let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            _ = term.recv() => break,
             _ = tick.tick() => {}
         }
         match watcher.sample(started.elapsed().as_secs_f64()).await {
@@ -114,7 +197,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<Vec<Sample>> {
             Err(e) => eprintln!("scalectl: {e:#}"),
         }
     }
-    Ok(samples)
+    Ok((samples, watcher.wait_buckets().await))
 }
 
 #[cfg(test)]
