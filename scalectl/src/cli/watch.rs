@@ -41,11 +41,13 @@ pub(super) struct WatchArgs {
     )]
     query: String,
     /// The PromQL for the jobs confirmed so far: the arrivals `--plan`
-    /// replays.
+    /// replays. `or vector(0)`: the counter exists only from a bridge's
+    /// first job, and the first jobs must count as arrivals, not as where
+    /// the count started.
     #[arg(
         long,
         env = "SCALECTL_ARRIVALS_QUERY",
-        default_value = r#"sum(host_bridge_published_total{outcome="confirmed"})"#
+        default_value = r#"sum(host_bridge_published_total{outcome="confirmed"}) or vector(0)"#
     )]
     arrivals_query: String,
     /// No Kubernetes API (the local stack): replicas come from Prometheus,
