@@ -125,6 +125,12 @@ async fn one_job_is_one_trace_from_the_request_to_the_worker() -> Result<()> {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         let result: job::WorkResult = serde_json::from_slice(&answer.body)?;
         assert_eq!(result.id, id);
+        // The client's tracestate rides along with its trace, and only then.
+        let state = answer
+            .request_headers
+            .get("tracestate")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(state, traced.then_some("test=1"));
         ids_by_job.insert(traced, (id, traceparent_of(&answer)));
     }
 

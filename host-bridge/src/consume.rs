@@ -481,21 +481,27 @@ impl JobRunner {
         };
         // The id passed `job::validate_id`: safe to log as it is. The trace
         // id ties this job's log lines to its trace.
-        let span = info_span!(
-            "job",
-            job.id = %id,
-            delivery = previous + 1,
-            trace_id = Empty,
-            otel.kind = "consumer",
-            messaging.system = "rabbitmq",
-            messaging.destination.name = %self.queue,
-            otel.status_code = Empty,
-        );
+        // The job span is the logs' too (every line about this job names
+        // it); the OpenTelemetry-only fields are added when exporting.
+        let span = if telemetry::exporting() {
+            info_span!(
+                "job",
+                job.id = %id,
+                delivery = previous + 1,
+                trace_id = Empty,
+                otel.kind = "consumer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %self.queue,
+                otel.status_code = Empty,
+            )
+        } else {
+            info_span!("job", job.id = %id, delivery = previous + 1, trace_id = Empty)
+        };
         let parent = telemetry::from_amqp(delivery.properties.headers().as_ref());
-        if let Some(trace_id) = telemetry::trace_id(&parent) {
+        let trace = telemetry::follow(&span, &parent);
+        if let Some(trace_id) = telemetry::trace_id(&trace) {
             span.record("trace_id", trace_id);
         }
-        let trace = telemetry::follow(&span, &parent);
         let published = published_at(&delivery);
         async {
             let _timer = self.metrics.job_started();
@@ -644,13 +650,17 @@ impl JobRunner {
         let mut pushes = 0;
         loop {
             let started = Instant::now();
-            let span = info_span!(
-                "push",
-                otel.kind = "client",
-                http.request.method = "POST",
-                http.response.status_code = Empty,
-                otel.status_code = Empty,
-            );
+            let span = if telemetry::exporting() {
+                info_span!(
+                    "push",
+                    otel.kind = "client",
+                    http.request.method = "POST",
+                    http.response.status_code = Empty,
+                    otel.status_code = Empty,
+                )
+            } else {
+                Span::none()
+            };
             let onward = telemetry::follow(&span, trace);
             let result = self.push(body, &onward).instrument(span.clone()).await;
             match &result {

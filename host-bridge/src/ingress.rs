@@ -36,7 +36,7 @@ use axum::response::IntoResponse;
 use job::MAX_BODY_BYTES;
 use tokio::sync::Semaphore;
 use tracing::field::Empty;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::config::{Config, upstream_addr};
 use crate::metrics::{IngressOutcome, Metrics};
@@ -199,15 +199,18 @@ impl Ingress {
 /// Forwards one request and relays the answer, in a span that continues
 /// the client's trace (or starts one, when spans are exported).
 async fn forward(State(ingress): State<Arc<Ingress>>, request: Request) -> Response<Body> {
-    let span = info_span!(
-        "ingress",
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        url.path = Empty,
-        http.response.status_code = Empty,
-    );
-    // The path is a client's: recorded with its characters escaped.
-    span.record("url.path", tracing::field::debug(request.uri().path()));
+    // A URI's path holds no control characters or spaces: recorded as is.
+    let span = if telemetry::exporting() {
+        info_span!(
+            "ingress",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = %request.uri().path(),
+            http.response.status_code = Empty,
+        )
+    } else {
+        Span::none()
+    };
     let trace = telemetry::follow(&span, &telemetry::from_http(request.headers()));
     let answer = relay(&ingress, request, &trace)
         .instrument(span.clone())

@@ -10,7 +10,12 @@ async fn main() -> ExitCode {
     // A flag or variable that does not parse is a bad setting like any
     // other: one line, exit 64 (the workspace's contract, `cli-contract`).
     let config: Config = cli_contract::parse("host-bridge");
-    let telemetry = match telemetry::init(config.log_format, config.otlp_endpoint.as_deref()) {
+    // An empty endpoint is unset, as the OpenTelemetry specification says.
+    let endpoint = config
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty());
+    let telemetry = match telemetry::init(config.log_format, endpoint) {
         Ok(telemetry) => telemetry,
         Err(e) => return cli_contract::usage("host-bridge", e),
     };

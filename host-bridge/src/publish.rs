@@ -456,14 +456,18 @@ async fn publish(
     let caller_deadline = deadline(&headers)?;
     // The job id is recorded once the body is read: a span attribute,
     // never a metric label.
-    let span = info_span!(
-        "publish",
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.destination.name = %api.queue,
-        job.id = Empty,
-        otel.status_code = Empty,
-    );
+    let span = if telemetry::exporting() {
+        info_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %api.queue,
+            job.id = Empty,
+            otel.status_code = Empty,
+        )
+    } else {
+        Span::none()
+    };
     let trace = telemetry::follow(&span, &telemetry::from_http(&headers));
     // A bad request (the outer Err) is not counted here: the producer turns
     // it into its own 502 and reports that itself.

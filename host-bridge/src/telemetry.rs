@@ -18,6 +18,7 @@
 //!
 //! The job id is a span attribute (`job.id`), never a metric label.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -54,6 +55,20 @@ const TRACES_PATH: &str = "/v1/traces";
 
 /// The `service.name` when `OTEL_SERVICE_NAME` does not give one.
 const SERVICE_NAME: &str = "host-bridge";
+
+/// The longest the last spans' export may hold up the exit, within the
+/// pod's termination grace.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether spans are exported: set once by [`init`].
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans. The bridge makes its
+/// OpenTelemetry-only spans (`ingress`, `publish`, `push`) only then: with
+/// no endpoint they cost nothing, not even a formatted field.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Whether an event may be logged whatever `RUST_LOG` says. lapin logs the
 /// frames it queues and handles at TRACE, among them `Connection.StartOk`,
@@ -99,7 +114,7 @@ impl Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
+            && let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
             eprintln!("host-bridge: the last spans could not be exported: {e}");
         }
@@ -125,6 +140,7 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
             .with_filter(Targets::new().with_target("host_bridge", Level::INFO))
     });
     tracing_subscriber::registry().with(fmt).with(spans).init();
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { provider })
 }
 
@@ -137,9 +153,11 @@ pub fn traces_endpoint(base: &str) -> Result<String, TelemetryError> {
     };
     let url = reqwest::Url::parse(&endpoint)
         .map_err(|e| TelemetryError::Endpoint(format!("{endpoint:?}: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+    // The exporter's client is built without TLS: an https:// endpoint
+    // would fail every export, so it is refused here, where it is seen.
+    if url.scheme() != "http" || url.host().is_none() {
         return Err(TelemetryError::Endpoint(format!(
-            "{endpoint:?} must be an http:// or https:// URL"
+            "{endpoint:?} must be an http:// URL (no TLS is built in: use a collector on the node or in the pod)"
         )));
     }
     for setting in [
@@ -200,9 +218,25 @@ pub fn from_amqp(headers: Option<&FieldTable>) -> Context {
 fn extract(carrier: &dyn Extractor) -> Context {
     match carrier.get(job::TRACEPARENT_HEADER) {
         Some(value) if job::is_traceparent(value.trim()) => {
-            TraceContextPropagator::new().extract(carrier)
+            TraceContextPropagator::new().extract(&Bounded(carrier))
         }
         _ => Context::new(),
+    }
+}
+
+/// A carrier whose `tracestate` is dropped past [`job::MAX_TRACESTATE_LEN`]
+/// bytes: each span and message carries it, so a client can't make either
+/// large.
+struct Bounded<'a>(&'a dyn Extractor);
+
+impl Extractor for Bounded<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = self.0.get(key)?;
+        (key != job::TRACESTATE_HEADER || value.len() <= job::MAX_TRACESTATE_LEN).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
     }
 }
 
@@ -235,6 +269,10 @@ pub fn to_http(cx: &Context, headers: &mut HeaderMap) {
     headers.remove("traceparent");
     headers.remove("tracestate");
     TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    // The propagator writes an empty `tracestate` when there is none.
+    if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+        headers.remove("tracestate");
+    }
 }
 
 /// Writes `cx` into a message's headers.
@@ -265,8 +303,11 @@ struct AmqpInjector<'a>(&'a mut FieldTable);
 
 impl Injector for AmqpInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0
-            .insert(key.into(), AMQPValue::LongString(value.into()));
+        // No empty `tracestate`: a header that says nothing.
+        if !value.is_empty() {
+            self.0
+                .insert(key.into(), AMQPValue::LongString(value.into()));
+        }
     }
 }
 
@@ -294,6 +335,17 @@ mod tests {
         to_http(&from_amqp(Some(&message)), &mut outgoing);
         assert_eq!(outgoing["traceparent"], PARENT);
         assert_eq!(outgoing["tracestate"], "vendor=1");
+        // An oversized tracestate is not carried on; the trace still is.
+        let mut big = HeaderMap::new();
+        big.insert("traceparent", PARENT.parse().unwrap());
+        big.insert(
+            "tracestate",
+            format!("v={}", "x".repeat(600)).parse().unwrap(),
+        );
+        let mut outgoing = HeaderMap::new();
+        to_http(&from_http(&big), &mut outgoing);
+        assert_eq!(outgoing["traceparent"], PARENT);
+        assert!(outgoing.get("tracestate").is_none());
     }
 
     #[test]
@@ -323,5 +375,6 @@ mod tests {
         );
         assert!(traces_endpoint("collector:4318").is_err());
         assert!(traces_endpoint("ftp://collector").is_err());
+        assert!(traces_endpoint("https://collector:4318").is_err());
     }
 }

@@ -125,6 +125,12 @@ impl Scenario {
         if self.concurrency == 0 {
             return Err("a pod must take at least one job at once".into());
         }
+        let observed: u64 = self.arrivals.iter().map(|a| u64::from(a.1)).sum();
+        if observed + u64::from(self.burst) > u64::from(u32::MAX / 2) {
+            return Err(format!(
+                "{observed} observed jobs are more than a plan can count"
+            ));
+        }
         if self.arrivals.windows(2).any(|w| w[1].0 < w[0].0)
             || self
                 .arrivals

@@ -392,8 +392,12 @@ pub fn svg(samples: &[Sample], title: &str) -> anyhow::Result<String> {
 }
 
 /// The load the samples saw, as the plan takes it: the queue found at the
-/// first sample, then the jobs confirmed between each sample and the next
-/// (a counter that went down, a restarted bridge, counts as none).
+/// first sample, then each rise of the confirmed count above the highest
+/// it has been. A count that drops (a bridge's scrape missed, so its
+/// series is stale for a while, or a bridge restarted) counts nothing, and
+/// its return to where it was counts nothing either: a missed scrape must
+/// not read as a burst. A restarted bridge's jobs are counted again only
+/// past the old high.
 pub fn arrivals(samples: &[Sample]) -> Vec<(f64, u32)> {
     let mut arrivals = Vec::new();
     if let Some(first) = samples.first() {
@@ -402,17 +406,18 @@ pub fn arrivals(samples: &[Sample]) -> Vec<(f64, u32)> {
             arrivals.push((0.0, queued));
         }
     }
-    let mut last: Option<f64> = None;
+    let mut high: Option<f64> = None;
     for sample in samples {
-        if let Some(total) = sample.arrived {
-            if let Some(before) = last {
-                let new = (total - before).round();
-                if new >= 1.0 {
-                    arrivals.push((sample.t, new as u32));
-                }
+        let Some(total) = sample.arrived.filter(|v| v.is_finite()) else {
+            continue;
+        };
+        if let Some(before) = high {
+            let new = (total - before).round();
+            if new >= 1.0 {
+                arrivals.push((sample.t, new.min(f64::from(u32::MAX)) as u32));
             }
-            last = Some(total);
         }
+        high = Some(high.map_or(total, |h: f64| h.max(total)));
     }
     arrivals
 }
@@ -595,11 +600,13 @@ mod tests {
             sample(0.0, 3.0, 100.0),
             sample(2.0, 5.0, 104.0),
             sample(4.0, 5.0, 104.0),
-            // A bridge restarted: its counter went back; nothing new counted.
-            sample(6.0, 5.0, 2.0),
-            sample(8.0, 6.0, 5.0),
+            // A missed scrape: the sum drops, then comes back. No burst.
+            sample(6.0, 5.0, 0.0),
+            sample(8.0, 6.0, 104.0),
+            sample(10.0, 6.0, f64::NAN),
+            sample(12.0, 6.0, 107.0),
         ];
-        assert_eq!(arrivals(&samples), vec![(0.0, 3), (2.0, 4), (8.0, 3)]);
+        assert_eq!(arrivals(&samples), vec![(0.0, 3), (2.0, 4), (12.0, 3)]);
     }
 
     #[test]

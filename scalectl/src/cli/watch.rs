@@ -125,6 +125,7 @@ pub(super) fn run(args: WatchArgs) -> anyhow::Result<()> {
                 horizon: last + 3600.0,
                 ..unloaded
             };
+            scenario.validate().map_err(super::usage)?;
             let result = plan(&spec, &scenario);
             let buckets = buckets.as_deref();
             println!("\n{}", divergence(&samples, &result, buckets));
