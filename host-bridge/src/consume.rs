@@ -479,10 +479,9 @@ impl JobRunner {
             Ok(id) => id,
             Err(reason) => return self.dead_letter_malformed(&channel, delivery, reason).await,
         };
-        // The id passed `job::validate_id`: safe to log as it is. The trace
-        // id ties this job's log lines to its trace.
-        // The job span is the logs' too (every line about this job names
-        // it); the OpenTelemetry-only fields are added when exporting.
+        // The id passed `job::validate_id`: safe to log as it is. The span
+        // is the logs' too: every line about this job names it and its
+        // trace id. The OpenTelemetry-only fields are added when exporting.
         let span = if telemetry::exporting() {
             info_span!(
                 "job",

@@ -182,21 +182,10 @@ impl Watcher {
     pub async fn wait_buckets(&self) -> Option<Vec<f64>> {
         let queries = self.prometheus.as_ref()?;
         let query = format!("count by (le) ({}_bucket)", crate::tune::WAIT_METRIC);
-        let body: serde_json::Value = self
-            .http
-            .get(format!(
-                "{}/api/v1/query",
-                queries.url.trim_end_matches('/')
-            ))
-            .query(&[("query", query)])
-            .send()
+        let mut bounds: Vec<f64> = self
+            .results(&queries.url, &query)
             .await
             .ok()?
-            .json()
-            .await
-            .ok()?;
-        let mut bounds: Vec<f64> = body["data"]["result"]
-            .as_array()?
             .iter()
             .filter_map(|r| r["metric"]["le"].as_str()?.parse().ok())
             .filter(|le: &f64| le.is_finite())
@@ -214,8 +203,19 @@ impl Watcher {
         }
     }
 
+    /// The first result's value of an instant query.
     async fn query(&self, url: &str, query: &str) -> anyhow::Result<f64> {
-        let body: serde_json::Value = self
+        self.results(url, query)
+            .await?
+            .first()
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|v| v.parse().ok())
+            .context("no value")
+    }
+
+    /// Every result of an instant query, as Prometheus's API gives them.
+    async fn results(&self, url: &str, query: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut body: serde_json::Value = self
             .http
             .get(format!("{}/api/v1/query", url.trim_end_matches('/')))
             .query(&[("query", query)])
@@ -223,10 +223,10 @@ impl Watcher {
             .await?
             .json()
             .await?;
-        body["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .context("no value")
+        match body["data"]["result"].take() {
+            serde_json::Value::Array(results) => Ok(results),
+            _ => anyhow::bail!("no result list in Prometheus's answer"),
+        }
     }
 }
 
