@@ -1073,15 +1073,10 @@ impl FrontDoor {
         ];
         args.extend_from_slice(extra);
         let bridge = BridgeProcess::spawn(&amqp_url(), &args).await?;
-        let producer = testkit::runtime::WasmtimeServe::start_on(
-            &testkit::runtime::wasmtime_binary(),
+        let producer = testkit::runtime::WasmtimeServe::producer_on(
             producer_port,
-            "producer",
-            &[
-                ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
-                ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
-                ("BRIDGE_TIMEOUT_MS", "7000"),
-            ],
+            bridge.publish_addr,
+            &[("BRIDGE_TIMEOUT_MS", "7000")],
         )
         .await?;
         bridge.wait_ready().await;
@@ -1368,16 +1363,9 @@ async fn sigterm_lets_a_forwarded_request_publish_before_the_publish_api_stops()
         ],
     )
     .await?;
-    let _producer = testkit::runtime::WasmtimeServe::start_on(
-        &testkit::runtime::wasmtime_binary(),
-        producer_port,
-        "producer",
-        &[
-            ("BRIDGE_PUBLISH_URL", &bridge.publish_url("/v1/publish")),
-            ("BRIDGE_OBSERVE_URL", &bridge.publish_url("/v1/observe")),
-        ],
-    )
-    .await?;
+    let _producer =
+        testkit::runtime::WasmtimeServe::producer_on(producer_port, bridge.publish_addr, &[])
+            .await?;
     bridge.wait_ready().await;
     let url = format!("http://{ingress}/generate");
     assert_eq!(generate(&url, "drain-before").await?.0, 202);

@@ -14,7 +14,7 @@ use testkit::amqp::{Headers, Inspector, amqp_url, unique_queue};
 use testkit::bridge::RunningBridge;
 use testkit::otlp::{ReceivedSpan, Receiver};
 use testkit::process::{BridgeProcess, free_ports};
-use testkit::runtime::{WasmtimeServe, wasmtime_binary};
+use testkit::runtime::WasmtimeServe;
 use testkit::{eventually, wasm};
 
 /// OTLP's numbers for span kinds.
@@ -87,16 +87,7 @@ async fn one_job_is_one_trace_from_the_request_to_the_worker() -> Result<()> {
     )
     .await?;
     // The producer under the real `wasmtime serve`, as `make up` runs it.
-    let producer = WasmtimeServe::start_on(
-        &wasmtime_binary(),
-        producer_port,
-        "producer",
-        &[
-            ("BRIDGE_PUBLISH_URL", &front.publish_url("/v1/publish")),
-            ("BRIDGE_OBSERVE_URL", &front.publish_url("/v1/observe")),
-        ],
-    )
-    .await?;
+    let producer = WasmtimeServe::producer_on(producer_port, front.publish_addr, &[]).await?;
     front.wait_ready().await;
     consumer.wait_ready().await;
 

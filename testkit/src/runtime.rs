@@ -54,6 +54,24 @@ impl WasmtimeServe {
         Self::start_on(binary, free_port()?, name, env).await
     }
 
+    /// The producer on `port`, publishing through (and reporting its
+    /// answers to) the bridge whose publish API is at `publish`, as the
+    /// producer pod wires it; `extra` adds settings.
+    pub async fn producer_on(
+        port: u16,
+        publish: std::net::SocketAddr,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let publish_url = format!("http://{publish}/v1/publish");
+        let observe_url = format!("http://{publish}/v1/observe");
+        let mut env = vec![
+            ("BRIDGE_PUBLISH_URL", publish_url.as_str()),
+            ("BRIDGE_OBSERVE_URL", observe_url.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        Self::start_on(&wasmtime_binary(), port, "producer", &env).await
+    }
+
     /// The same, on a given port: for a bridge's ingress that must know
     /// where to forward before the component starts.
     pub async fn start_on(
